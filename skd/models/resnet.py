@@ -1,0 +1,219 @@
+"""Dilated ResNet backbones (output stride 8) of the SKD teacher and student.
+
+Module names follow the original checkpoints (`conv1`, `bn1`, ..., `layer1.0.downsample.1`),
+so PSPNet, which extends `DilatedResNet`, loads the official weights without renaming.
+Every norm layer comes from the `norm_layer` constructor with `activation="identity"` and is
+followed by a separate, out-of-place ReLU: InPlace-ABN keeps its output for backward and
+overwrites its input, so nothing may write into a norm's output afterwards.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from skd.errors import SkdError
+
+NormLayer = Callable[..., nn.Module]
+
+# depth -> (block type, blocks per layer)
+DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+}
+STEMS = ("deep", "standard")
+
+
+def scaled(channels: int, width_mult: float) -> int:
+    """`channels` scaled by `width_mult`, rounded to the nearest integer, at least 1."""
+    return max(1, int(round(channels * width_mult)))
+
+
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    """3x3 convolution without bias whose padding keeps the size at stride 1."""
+    return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """ResNet-18/34 block: (B, inplanes, H, W) -> (B, planes, H/stride, W/stride)."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int,
+        dilation: int,
+        downsample: nn.Module | None,
+        norm_layer: NormLayer,
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride, dilation)
+        self.bn1 = norm_layer(planes, activation="identity")
+        self.relu1 = nn.ReLU(inplace=False)
+        self.conv2 = conv3x3(planes, planes, 1, dilation)
+        self.bn2 = norm_layer(planes, activation="identity")
+        self.downsample = downsample
+        self.relu = nn.ReLU(inplace=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50/101 block: (B, inplanes, H, W) -> (B, 4 * planes, H/stride, W/stride)."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int,
+        dilation: int,
+        downsample: nn.Module | None,
+        norm_layer: NormLayer,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = norm_layer(planes, activation="identity")
+        self.relu1 = nn.ReLU(inplace=False)
+        self.conv2 = conv3x3(planes, planes, stride, dilation)
+        self.bn2 = norm_layer(planes, activation="identity")
+        self.relu2 = nn.ReLU(inplace=False)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = norm_layer(planes * self.expansion, activation="identity")
+        self.downsample = downsample
+        self.relu = nn.ReLU(inplace=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + shortcut)
+
+
+class DilatedResNet(nn.Module):
+    """ResNet with layer3 and layer4 dilated (2 and 4) instead of strided: output stride 8.
+
+    `forward_features` maps a (B, 3, H, W) image to the four layer outputs: layer1 at about
+    1/4 of the input, layer2..layer4 at about 1/8 (65x65 for 512x512 with the deep stem).
+    Channels with `width_mult` w: layer1..layer4 give e*64w, e*128w, e*256w, e*512w, with
+    e = 1 (BasicBlock) or 4 (Bottleneck).
+    """
+
+    # Top-level modules that make up the backbone (the rest belongs to a head).
+    STEM_MODULES = {
+        "deep": ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"),
+        "standard": ("conv1", "bn1"),
+    }
+    LAYER_MODULES = ("layer1", "layer2", "layer3", "layer4")
+
+    def __init__(self, depth: int, norm_layer: NormLayer, width_mult: float = 1.0, stem: str = "deep") -> None:
+        super().__init__()
+        if depth not in DEPTHS:
+            raise SkdError(f"--arch resnet{depth}: unknown depth; use one of {sorted(DEPTHS)}")
+        if stem not in STEMS:
+            raise SkdError(f"--stem {stem}: unknown stem; use one of {', '.join(STEMS)}")
+        if not width_mult > 0:
+            raise SkdError(f"--width-mult {width_mult}: must be a positive number")
+        kind, blocks = DEPTHS[depth]
+        block: type[BasicBlock] | type[Bottleneck] = BasicBlock if kind == "basic" else Bottleneck
+        self.stem = stem
+
+        if stem == "deep":
+            c1, c2, c3 = scaled(64, width_mult), scaled(64, width_mult), scaled(128, width_mult)
+            self.conv1 = conv3x3(3, c1, stride=2)
+            self.bn1 = norm_layer(c1, activation="identity")
+            self.relu1 = nn.ReLU(inplace=False)
+            self.conv2 = conv3x3(c1, c2)
+            self.bn2 = norm_layer(c2, activation="identity")
+            self.relu2 = nn.ReLU(inplace=False)
+            self.conv3 = conv3x3(c2, c3)
+            self.bn3 = norm_layer(c3, activation="identity")
+            self.relu3 = nn.ReLU(inplace=False)
+            # ceil_mode is what turns 512 into 65 rather than 64 at 1/8.
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+            inplanes = c3
+        else:
+            c1 = scaled(64, width_mult)
+            self.conv1 = nn.Conv2d(3, c1, 7, stride=2, padding=3, bias=False)
+            self.bn1 = norm_layer(c1, activation="identity")
+            self.relu1 = nn.ReLU(inplace=False)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+            inplanes = c1
+
+        layers = []
+        for planes, n, stride, dilation in zip((64, 128, 256, 512), blocks, (1, 2, 1, 1), (1, 1, 2, 4)):
+            layer, inplanes = self._make_layer(
+                block, inplanes, scaled(planes, width_mult), n, stride, dilation, norm_layer
+            )
+            layers.append(layer)
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.layer_channels = tuple(
+            scaled(p, width_mult) * block.expansion for p in (64, 128, 256, 512)
+        )
+        self._init_weights()
+
+    @staticmethod
+    def _make_layer(
+        block: type[BasicBlock] | type[Bottleneck],
+        inplanes: int,
+        planes: int,
+        blocks: int,
+        stride: int,
+        dilation: int,
+        norm_layer: NormLayer,
+    ) -> tuple[nn.Sequential, int]:
+        out_ch = planes * block.expansion
+        downsample = None
+        if stride != 1 or inplanes != out_ch:
+            downsample = nn.Sequential(
+                nn.Conv2d(inplanes, out_ch, 1, stride=stride, bias=False),
+                norm_layer(out_ch, activation="identity"),
+            )
+        # Multi-grid (1, 1, 1): every block, the first included, uses the layer's dilation.
+        layers = [block(inplanes, planes, stride, dilation, downsample, norm_layer)]
+        layers += [block(out_ch, planes, 1, dilation, None, norm_layer) for _ in range(1, blocks)]
+        return nn.Sequential(*layers), out_ch
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif hasattr(m, "running_var") and getattr(m, "weight", None) is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def backbone_module_names(self) -> tuple[str, ...]:
+        """Names of the top-level modules holding backbone weights (stem and layer1..4)."""
+        return self.STEM_MODULES[self.stem] + self.LAYER_MODULES
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) image -> (B, C, ~H/4, ~W/4) input of layer1."""
+        x = self.relu1(self.bn1(self.conv1(x)))
+        if self.stem == "deep":
+            x = self.relu2(self.bn2(self.conv2(x)))
+            x = self.relu3(self.bn3(self.conv3(x)))
+        return self.maxpool(x)
+
+    def forward_features(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> (layer1, layer2, layer3, layer4) outputs, see the class docstring."""
+        l1 = self.layer1(self.forward_stem(x))
+        l2 = self.layer2(l1)
+        l3 = self.layer3(l2)
+        l4 = self.layer4(l3)
+        return l1, l2, l3, l4
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.forward_features(x)
