@@ -1,0 +1,52 @@
+"""Cityscapes data: label definitions, joint transforms, the dataset and a synthetic generator."""
+from skd.data.cityscapes import (
+    CityscapesDataset,
+    read_image,
+    read_label_ids,
+    read_list,
+    sample_name,
+    scan_split,
+    write_list,
+)
+from skd.data.labels import (
+    CLASS_NAMES,
+    IGNORE_INDEX,
+    IMG_MEAN,
+    IMG_MEAN_F64,
+    LABEL_ID_TO_TRAIN_ID,
+    MAX_LABEL_ID,
+    NUM_CLASSES,
+    PALETTE,
+    TRAIN_ID_TO_LABEL_ID,
+    colorize,
+    to_label_ids,
+    to_train_ids,
+)
+from skd.data.synthetic import make_synthetic, render_scene
+from skd.data.transforms import EvalTransform, TrainTransform
+
+__all__ = [
+    "CLASS_NAMES",
+    "IGNORE_INDEX",
+    "IMG_MEAN",
+    "IMG_MEAN_F64",
+    "LABEL_ID_TO_TRAIN_ID",
+    "MAX_LABEL_ID",
+    "NUM_CLASSES",
+    "PALETTE",
+    "TRAIN_ID_TO_LABEL_ID",
+    "CityscapesDataset",
+    "EvalTransform",
+    "TrainTransform",
+    "colorize",
+    "make_synthetic",
+    "read_image",
+    "read_label_ids",
+    "read_list",
+    "render_scene",
+    "sample_name",
+    "scan_split",
+    "to_label_ids",
+    "to_train_ids",
+    "write_list",
+]
