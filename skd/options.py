@@ -107,6 +107,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--power", type=float, default=0.9, help="poly lr power (default 0.9)")
     _flag(g, "--random-mirror", True, "random horizontal mirror (default True)")
     _flag(g, "--random-scale", True, "random scale 0.7..2.1 (default True)")
+    g.add_argument("--dropout", type=float, default=0.1,
+                   help="Dropout2d rate of the PSP bottleneck and DSN heads (default 0.1, the original)")
     g.add_argument("--aux-weight", type=float, default=0.4, help="weight of the DSN cross-entropy (default 0.4)")
     _flag(g, "--ohem", False, "online hard example mining in the cross-entropy")
     g.add_argument("--ohem-thresh", type=float, default=0.7, help="OHEM probability threshold")
@@ -135,6 +137,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--lambda-gp", type=float, default=10.0, help="gradient penalty weight (default 10)")
     g.add_argument("--adv-loss-type", choices=["wgan-gp", "hinge"], default="wgan-gp",
                    help="discriminator objective (default wgan-gp)")
+    g.add_argument("--d-input-size", type=int, default=0,
+                   help="resize the logits to N x N (bilinear) before the discriminator; 0 = as they are, "
+                        "the original (65x65 for a 512 crop). The discriminator needs at least 64x64")
 
     g = p.add_argument_group("related distillation losses")
     _flag(g, "--cwd", False, "channel-wise distillation (Shu et al. 2021)")
@@ -183,12 +188,21 @@ def check_train_args(args: argparse.Namespace, world_size: int = 1) -> None:
                  "--lr-g", "--lr-d", "--width-mult", "--teacher-width-mult"):
         if not getattr(args, flag[2:].replace("-", "_")) > 0:
             bad(flag, "must be positive")
+    if not 0 <= args.dropout < 1:
+        bad("--dropout", "must be in [0, 1)")
     if not 0 < args.pool_scale <= 1:
         bad("--pool-scale", "must be in (0, 1]")
     if args.pa_node_size is not None and args.pa_node_size < 1:
         bad("--pa-node-size", "must be at least 1")
     if not all(16 <= s <= 4096 for s in args.input_size):
         bad("--input-size", "each side must be between 16 and 4096 pixels")
+    if args.ho and args.d_input_size == 0 and min(logit_size(args.input_size)) < 64:
+        h, w = logit_size(args.input_size)
+        raise SkdError(f"--ho: the discriminator needs logits of at least 64x64, and --input-size "
+                       f"{args.input_size[0]},{args.input_size[1]} gives {h}x{w}; use a crop of 505 or "
+                       f"more, or --d-input-size 65")
+    if args.d_input_size and args.d_input_size < 64:
+        bad("--d-input-size", "the discriminator needs at least 64")
     if args.num_steps < 1:
         bad("--num-steps", "must be at least 1")
     if args.batch_size < world_size or args.batch_size % world_size:
@@ -215,6 +229,16 @@ def check_train_args(args: argparse.Namespace, world_size: int = 1) -> None:
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():
         raise SkdError(f"--resume {args.resume}: no such file (or use --resume auto)")
     check_writable_dir(args.snapshot_dir, "--snapshot-dir")
+
+
+def logit_size(input_size: tuple[int, int]) -> tuple[int, int]:
+    """Size of the PSPNet logits for an input size: three ceil-halvings (stride-2 conv1, the
+    ceil-mode max-pool, layer2), e.g. 512 -> 65, 97 -> 13, 129 -> 17."""
+    def down(n: int) -> int:
+        n = (n - 1) // 2 + 1          # conv1, 3x3 stride 2 padding 1
+        n = -(-(n - 1) // 2) + 1      # max-pool 3x3 stride 2 padding 1, ceil mode
+        return (n - 1) // 2 + 1       # layer2, stride 2
+    return down(input_size[0]), down(input_size[1])
 
 
 def resolve_distill_defaults(args: argparse.Namespace) -> None:

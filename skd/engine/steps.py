@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from skd.losses import (channel_wise_loss, discriminator_loss, dist_loss, generator_loss,
                         gradient_penalty, kd_loss, pair_wise_loss, pixel_wise_loss, task_loss)
@@ -34,6 +35,7 @@ class StepConfig:
     lambda_d: float = 0.1
     lambda_gp: float = 10.0
     adv_loss_type: str = "wgan-gp"
+    d_input_size: int = 0
     cwd: bool = False
     lambda_cwd: float = 3.0
     cwd_tau: float = 4.0
@@ -130,6 +132,8 @@ def train_step(image: torch.Tensor, label: torch.Tensor, student: nn.Module, opt
     s_logits = s.logits.float()
     terms = {"task": task_loss(s_logits, s.aux_logits.float(), label, aux_weight=cfg.aux_weight,
                                ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_keep)}
+    if cfg.world_size > 1:
+        terms["task"] = terms["task"] * _valid_pixel_share(label, cfg.world_size)
     if cfg.pi:
         # Batch-summed: scale by the world size so DDP's gradient average equals one process.
         terms["pi"] = cfg.lambda_pi * cfg.world_size * pixel_wise_loss(s_logits, t.logits.float(),
@@ -140,7 +144,7 @@ def train_step(image: torch.Tensor, label: torch.Tensor, student: nn.Module, opt
     if cfg.ho:
         disc = _unwrap(critic).disc
         disc.requires_grad_(False)  # the G step moves the student only; D's grads would be dropped
-        terms["ho"] = cfg.lambda_d * generator_loss(disc(s_logits))
+        terms["ho"] = cfg.lambda_d * generator_loss(disc(_d_input(s_logits, cfg)))
         disc.requires_grad_(True)
     if cfg.cwd:
         s_map, t_map = (s_logits, t.logits) if cfg.cwd_on == "logits" else (
@@ -165,13 +169,34 @@ def train_step(image: torch.Tensor, label: torch.Tensor, student: nn.Module, opt
     logs = {k: v.item() for k, v in terms.items()}
 
     if cfg.ho:
-        d_loss, d_terms = critic(t.logits.float(), s_logits.detach())
+        d_loss, d_terms = critic(_d_input(t.logits.float(), cfg), _d_input(s_logits.detach(), cfg))
         _check_finite(d_terms, image.device)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
         logs.update({k: v.item() for k, v in d_terms.items()})
     return logs
+
+
+def _valid_pixel_share(label: torch.Tensor, world_size: int) -> torch.Tensor:
+    """local valid pixels * world_size / global valid pixels.
+
+    The cross-entropy is a mean over the non-ignored pixels. Ranks with more ignored pixels
+    would weigh more under DDP's gradient average; this factor makes the average equal the
+    mean over the global batch, as in one process.
+    """
+    local = (label != 255).sum().to(torch.float64)
+    total = local.clone()
+    torch.distributed.all_reduce(total)
+    return (local * world_size / total.clamp(min=1)).float()
+
+
+def _d_input(logits: torch.Tensor, cfg: StepConfig) -> torch.Tensor:
+    """The discriminator's input: the logits as they are (the original), or resized to
+    --d-input-size for crops too small for its four stride-2 convolutions."""
+    if not cfg.d_input_size:
+        return logits
+    return F.interpolate(logits, size=(cfg.d_input_size,) * 2, mode="bilinear", align_corners=True)
 
 
 def _check_finite(terms: dict[str, torch.Tensor], device: torch.device) -> None:

@@ -1,0 +1,150 @@
+"""Reproduce the paper's ablation table: baseline / +pi / +pi+pa / +pi+pa+ho (and CWD, DIST, KD).
+
+    python scripts/ablation.py --data-dir data/cityscapes --teacher-ckpt T.pth \
+        --snapshot-root runs/ablation --seeds 0 1 2 -- --restore-from resnet18-imagenet.pth
+    python scripts/ablation.py --demo          # synthetic data, CPU, under 10 minutes
+
+Every row is trained with the same schedule (flags after `--` go to every run), validated at
+the end (whole image, single scale, as the original), and the table (mIoU and per-class IoU,
+mean +- std over seeds) is printed and written as markdown. A run whose `val_final.json`
+exists is not trained again, and an interrupted one resumes (`--resume auto`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROWS = {
+    "baseline": ("baseline", []),
+    "pi": ("+ pi", ["--pi", "True", "--pa", "False", "--ho", "False"]),
+    "pi+pa": ("+ pi + pa", ["--pi", "True", "--pa", "True", "--ho", "False"]),
+    "pi+pa+ho": ("+ pi + pa + ho", ["--pi", "True", "--pa", "True", "--ho", "True"]),
+    "cwd": ("CWD", ["--pi", "False", "--pa", "False", "--ho", "False", "--cwd", "True"]),
+    "dist": ("DIST", ["--pi", "False", "--pa", "False", "--ho", "False", "--dist", "True"]),
+    "kd": ("KD", ["--pi", "False", "--pa", "False", "--ho", "False", "--kd", "True"]),
+}
+PAPER = {"baseline": 69.10, "pi": 70.51, "pi+pa": 71.78, "pi+pa+ho": 74.08}
+
+# The demo: a small teacher and a half-width student on tiny synthetic street scenes, sized to
+# finish on a 2-core CPU in under 10 minutes (see README).
+DEMO = {
+    "synthetic": ["--num-train", "48", "--num-val", "12", "--num-test", "4", "--height", "96", "--width", "192"],
+    "common": ["--input-size", "96,96", "--batch-size", "8", "--num-workers", "2", "--device", "cpu",
+               "--eval-every", "0", "--save-every", "1000", "--log-every", "20", "--progress", "False"],
+    "teacher": ["--arch", "resnet18", "--num-steps", "300", "--lr-g", "0.02"],
+    "student": ["--arch", "resnet18", "--width-mult", "0.5", "--num-steps", "150", "--lr-g", "0.02"],
+    "teacher_arch": ["--teacher-arch", "resnet18"],
+}
+
+
+def run(cmd: list[str]) -> None:
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    result = subprocess.run(cmd)
+    if result.returncode != 0:
+        raise SystemExit(f"ablation: command failed with status {result.returncode}: {' '.join(cmd[:4])} ...")
+
+
+def train(launch: list[str], snapshot: Path, flags: list[str]) -> dict:
+    """Train one run (unless already done) and return its final validation summary."""
+    result = snapshot / "val_final.json"
+    if not result.exists():
+        run(launch + flags + ["--snapshot-dir", str(snapshot), "--resume", "auto"])
+    return json.loads(result.read_text())
+
+
+def table(results: dict[str, list[dict]], teacher: dict | None = None) -> str:
+    """Markdown table: one row per method, mIoU (mean +- std over seeds) and per-class IoU (%)."""
+    first = next(iter(results.values()))[0]
+    classes = list(first["per_class"])
+
+    def cell(values: list[float]) -> str:
+        values = [100 * v for v in values]
+        if len(values) == 1:
+            return f"{values[0]:.2f}"
+        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+    lines = ["| method | seeds | mIoU | paper | " + " | ".join(classes) + " |",
+             "| --- | --- | --- | --- | " + " | ".join("---" for _ in classes) + " |"]
+    if teacher is not None:
+        lines.append("| teacher | 1 | " + cell([teacher["mIoU"]]) + " | 78.3 | "
+                     + " | ".join(cell([teacher["per_class"][c]]) for c in classes) + " |")
+    for key, runs in results.items():
+        paper = f"{PAPER[key]:.2f}" if key in PAPER else "-"
+        lines.append(f"| {ROWS[key][0]} | {len(runs)} | {cell([r['mIoU'] for r in runs])} | {paper} | "
+                     + " | ".join(cell([r["per_class"][c] for r in runs]) for c in classes) + " |")
+    return "\n".join(lines)
+
+
+def ablation(launch: list[str], data_dir: Path, teacher_flags: list[str], root: Path, rows: list[str],
+             seeds: list[int], extra: list[str]) -> dict[str, list[dict]]:
+    results = {}
+    for key in rows:
+        flags = ["--data-dir", str(data_dir)] + extra + ROWS[key][1]
+        if key != "baseline":
+            flags += teacher_flags
+        results[key] = [train(launch, root / key / f"seed{s}", flags + ["--seed", str(s)]) for s in seeds]
+    return results
+
+
+def demo(args) -> None:
+    start = time.time()
+    root = args.snapshot_root or Path("demo")
+    data = root / "data"
+    py = [sys.executable, "-m"]
+    if not (data / "leftImg8bit").exists():
+        run(py + ["skd.data.synthetic", "--out", str(data), "--seed", "0"] + DEMO["synthetic"])
+    teacher = train(py + ["skd.train"], root / "teacher",
+                    ["--data-dir", str(data)] + DEMO["common"] + DEMO["teacher"])
+    teacher_ckpt = root / "teacher" / "final.pth"
+    results = ablation(py + ["skd.train"], data, ["--teacher-ckpt", str(teacher_ckpt)] + DEMO["teacher_arch"],
+                       root, args.rows, args.seeds, DEMO["common"] + DEMO["student"] + args.train_flags)
+    report(results, teacher, root / "ablation.md",
+           f"Synthetic demo (teacher PSPNet-R18, student PSPNet-R18 x0.5), {time.time() - start:.0f} s")
+
+
+def report(results: dict, teacher: dict | None, out: Path, title: str) -> None:
+    text = f"## {title}\n\n{table(results, teacher)}\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print("\n" + text)
+    print(f"written to {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    train_flags = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demo", action="store_true", help="synthetic data and a small teacher, CPU, < 10 min")
+    p.add_argument("--data-dir", type=Path, help="Cityscapes root")
+    p.add_argument("--teacher-ckpt", type=Path, help="teacher weights")
+    p.add_argument("--teacher-arch", default="resnet101", help="teacher backbone (default resnet101)")
+    p.add_argument("--snapshot-root", type=Path, default=None, help="one sub-folder per row and seed")
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=["baseline", "pi", "pi+pa", "pi+pa+ho"],
+                   help="methods to compare (default: the paper's four rows)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; several give mean ± std")
+    p.add_argument("--launch", default=f"{sys.executable} -m skd.train",
+                   help="training command, e.g. 'torchrun --nproc_per_node=4 -m skd.train'")
+    p.add_argument("--out", type=Path, default=None, help="markdown table (default: <snapshot-root>/ablation.md)")
+    args = p.parse_args(argv)
+    args.train_flags = train_flags
+    if args.demo:
+        demo(args)
+        return
+    if args.data_dir is None or args.teacher_ckpt is None:
+        p.error("--data-dir and --teacher-ckpt are required (or --demo)")
+    root = args.snapshot_root or Path("runs/ablation")
+    results = ablation(shlex.split(args.launch), args.data_dir,
+                       ["--teacher-ckpt", str(args.teacher_ckpt), "--teacher-arch", args.teacher_arch],
+                       root, args.rows, args.seeds, train_flags)
+    report(results, None, args.out or root / "ablation.md", f"Ablation on {args.data_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""End to end on a tiny synthetic Cityscapes: train -> checkpoint -> eval -> test PNGs,
+distillation with every flag, exact resume after SIGKILL, two-process DDP, the CLI error contract."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from skd.data import make_synthetic
+from skd.models.checkpoint import read_checkpoint
+
+TINY = ["--arch", "resnet18", "--width-mult", "0.25", "--input-size", "48,48", "--batch-size", "4",
+        "--device", "cpu", "--progress", "False", "--num-workers", "0", "--log-every", "1"]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return make_synthetic(tmp_path_factory.mktemp("cityscapes"), num_train=8, num_val=2, num_test=2,
+                          height=48, width=96, seed=0)
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(data_dir, tmp_path_factory) -> Path:
+    snap = tmp_path_factory.mktemp("teacher")
+    run_cli("skd.train", "--data-dir", data_dir, "--snapshot-dir", snap, "--num-steps", "2", *TINY)
+    return snap / "final.pth"
+
+
+def run_cli(module: str, *args, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def model_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["model"]
+
+
+def test_train_checkpoint_eval_and_test_pngs(data_dir, teacher_ckpt, tmp_path):
+    snap = teacher_ckpt.parent
+    state = read_checkpoint(snap / "checkpoint_000002.pth")
+    assert state["step"] == 2 and {"model", "optimizer", "rng", "args", "best_miou"} <= set(state)
+    log = [json.loads(line) for line in (snap / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "task" in r] == [1, 2]
+    assert all(np.isfinite(r["task"]) for r in log if "task" in r)
+    final_val = json.loads((snap / "val_final.json").read_text())
+    assert set(final_val["per_class"]) >= {"road", "sky", "car"}
+
+    out_json = tmp_path / "miou.json"
+    proc = run_cli("skd.evaluate", "--data-dir", data_dir, "--ckpt", teacher_ckpt, "--arch", "resnet18",
+                   "--width-mult", "0.25", "--device", "cpu", "--out", out_json)
+    summary = json.loads(out_json.read_text())
+    assert "mIoU" in proc.stdout and abs(summary["mIoU"] - final_val["mIoU"]) < 1e-9
+
+    sliding = tmp_path / "sliding.json"
+    run_cli("skd.evaluate", "--data-dir", data_dir, "--ckpt", teacher_ckpt, "--arch", "resnet18",
+            "--width-mult", "0.25", "--device", "cpu", "--out", sliding, "--mode", "sliding",
+            "--input-size", "32,32", "--scales", "0.75", "1.0", "--flip")
+    assert 0 <= json.loads(sliding.read_text())["mIoU"] <= 1
+
+    preds = tmp_path / "preds"
+    run_cli("skd.predict", "--data-dir", data_dir, "--ckpt", teacher_ckpt, "--arch", "resnet18",
+            "--width-mult", "0.25", "--device", "cpu", "--out", preds)
+    images = sorted((data_dir / "leftImg8bit" / "test").glob("*/*_leftImg8bit.png"))
+    for img in images:
+        stem = img.name.removesuffix("_leftImg8bit.png")
+        label = cv2.imread(str(preds / "labelIds" / img.parent.name / f"{stem}_labelIds.png"), cv2.IMREAD_UNCHANGED)
+        color = cv2.imread(str(preds / "color" / img.parent.name / f"{stem}_color.png"))
+        assert label.shape == (48, 96) and color.shape == (48, 96, 3)
+        # submission PNGs hold labelIds: only ids that some train id maps back to
+        assert set(np.unique(label)) <= {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33}
+
+
+def test_distillation_with_every_flag_and_resume_restores_discriminator(data_dir, teacher_ckpt, tmp_path):
+    flags = ["--data-dir", data_dir, "--snapshot-dir", tmp_path, *TINY, "--teacher-ckpt", teacher_ckpt,
+             "--teacher-arch", "resnet18", "--teacher-width-mult", "0.25", "--d-input-size", "64",
+             "--cwd", "True", "--cwd-on", "feat", "--dist", "True", "--kd", "True", "--save-every", "1",
+             "--width-mult", "0.125"]  # narrower than the teacher: CWD on features needs the connector
+    run_cli("skd.train", *flags, "--num-steps", "2")
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "task" in r]
+    assert {"task", "pi", "pa", "ho", "cwd", "dist", "kd", "d_adv", "d_gp"} <= set(steps[-1])
+    state = read_checkpoint(tmp_path / "checkpoint_000002.pth")
+    assert {"disc", "opt_d", "connector"} <= set(state)
+
+    run_cli("skd.train", *flags, "--num-steps", "3", "--resume", "auto")
+    resumed = read_checkpoint(tmp_path / "checkpoint_000003.pth")
+    assert resumed["step"] == 3
+    assert resumed["opt_d"]["state"][0]["step"] == 3  # Adam kept counting from the restored state
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_auto_is_bit_identical(data_dir, tmp_path):
+    flags = ["--data-dir", data_dir, *TINY, "--num-steps", "8", "--save-every", "1", "--deterministic",
+             "--keep-last", "8"]
+    straight = tmp_path / "straight"
+    run_cli("skd.train", *flags, "--snapshot-dir", straight)
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "skd.train", *map(str, flags), "--snapshot-dir", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint_000003.pth").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final.pth").exists()
+    run_cli("skd.train", *flags, "--snapshot-dir", killed, "--resume", "auto")
+
+    a, b = model_tensors(straight / "final.pth"), model_tensors(killed / "final.pth")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_in_step_and_match_one_process(data_dir, tmp_path):
+    """Two ranks with synchronised BN on a global batch of 4 == one process on the same batch.
+
+    Dropout off: its masks come from each rank's own random stream, which no process count can match."""
+    flags = ["--data-dir", data_dir, *TINY, "--num-steps", "2", "--norm", "syncbn", "--deterministic",
+             "--dropout", "0"]
+    single = tmp_path / "single"
+    run_cli("skd.train", *flags, "--snapshot-dir", single)
+    ddp = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_port=29533", "-m", "skd.train", *map(str, flags), "--snapshot-dir", str(ddp)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    a, b = model_tensors(single / "final.pth"), model_tensors(ddp / "final.pth")
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-3), k
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data-dir", "/nonexistent/x"], "/nonexistent/x"),
+    (["--lambda-pa", "-0.5"], "--lambda-pa -0.5: must not be negative"),
+])
+def test_bad_input_is_one_line_and_nonzero_exit(data_dir, tmp_path, args, message):
+    full = ["--data-dir", data_dir, "--snapshot-dir", tmp_path / "s", *TINY, "--num-steps", "1", *args]
+    proc = run_cli("skd.train", *full, check=False)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("skd: error:")
+    assert not (tmp_path / "s" / "final.pth").exists()
+
+
+def test_wrong_teacher_checkpoint_is_refused_before_training(data_dir, teacher_ckpt, tmp_path):
+    proc = run_cli("skd.train", "--data-dir", data_dir, "--snapshot-dir", tmp_path, *TINY, "--num-steps", "1",
+                   "--teacher-ckpt", teacher_ckpt, "--teacher-arch", "resnet34", "--ho", "False", check=False)
+    assert proc.returncode == 2
+    assert str(teacher_ckpt) in proc.stderr and "metrics.jsonl" not in os.listdir(tmp_path)
