@@ -35,11 +35,12 @@ PAPER = {"baseline": 69.10, "pi": 70.51, "pi+pa": 71.78, "pi+pa+ho": 74.08}
 # finish on a 2-core CPU in under 10 minutes (see README).
 DEMO = {
     "synthetic": ["--num-train", "48", "--num-val", "12", "--num-test", "4", "--height", "96", "--width", "192"],
-    "common": ["--input-size", "96,96", "--batch-size", "8", "--num-workers", "2", "--device", "cpu",
+    "common": ["--input-size", "96,96", "--batch-size", "8", "--num-workers", "1", "--device", "cpu",
                "--eval-every", "0", "--save-every", "1000", "--log-every", "20", "--progress", "False"],
-    "teacher": ["--arch", "resnet18", "--num-steps", "300", "--lr-g", "0.02"],
-    "student": ["--arch", "resnet18", "--width-mult", "0.5", "--num-steps", "150", "--lr-g", "0.02"],
-    "teacher_arch": ["--teacher-arch", "resnet18"],
+    "teacher": ["--arch", "resnet18", "--width-mult", "0.5", "--num-steps", "150", "--lr-g", "0.02"],
+    "student": ["--arch", "resnet18", "--width-mult", "0.25", "--num-steps", "80", "--lr-g", "0.02",
+                "--d-input-size", "64"],
+    "teacher_arch": ["--teacher-arch", "resnet18", "--teacher-width-mult", "0.5"],
 }
 
 
@@ -105,7 +106,7 @@ def demo(args) -> None:
     results = ablation(py + ["skd.train"], data, ["--teacher-ckpt", str(teacher_ckpt)] + DEMO["teacher_arch"],
                        root, args.rows, args.seeds, DEMO["common"] + DEMO["student"] + args.train_flags)
     report(results, teacher, root / "ablation.md",
-           f"Synthetic demo (teacher PSPNet-R18, student PSPNet-R18 x0.5), {time.time() - start:.0f} s")
+           f"Synthetic demo (teacher PSPNet-R18 x0.5, student PSPNet-R18 x0.25), {time.time() - start:.0f} s")
 
 
 def report(results: dict, teacher: dict | None, out: Path, title: str) -> None:

@@ -1,0 +1,220 @@
+"""Peak memory and time of one PSPNet training step with BatchNorm vs InPlace-ABN; writes the
+"memory-<device>" section of docs/benchmarks.md.
+
+One step = forward, task loss (cross-entropy of the upsampled logits + 0.4 x the DSN's), backward,
+SGD step (momentum 0.9, weight decay 5e-4), for PSPNet-R18 and PSPNet-R101 at one batch and
+crop, with three norm settings:
+
+* `bn`: `skd.models.pspnet(norm="bn")`, BatchNorm + activation.
+* `inplace_abn`: `norm="inplace_abn"`, the same network. The residual blocks and the stem use
+  InPlace-ABN with activation "identity" followed by a separate out-of-place ReLU (the original
+  SKD layout), which keeps as much as BatchNorm + ReLU does there; only the heads' fused
+  norm + leaky ReLU save memory.
+* `inplace_abn+lrelu`: InPlace-ABN with the blocks' and stem's ReLUs folded into it as leaky
+  ReLU(0.01), the layout of the InPlace-ABN paper. A different network (leaky ReLU instead of
+  ReLU after those norms); shown for what the layer saves when its activation is fused.
+
+Each case runs in a fresh subprocess. CUDA: peak = torch.cuda.max_memory_allocated() over the
+timed steps, minus what is allocated before them (weights, momentum, input), i.e. the
+activations and gradients. CPU: peak = ru_maxrss of the child after the steps; "activation
+peak" subtracts the resident size just before the first step (model, momentum buffers, input,
+extension loaded). Time: median over the timed steps after warm-up; with --repeats R every case
+runs R times, interleaved with the others, and the fastest median is reported (on a shared
+machine the others' load otherwise decides the times).
+
+    python scripts/benchmark_memory.py [--device cpu|cuda|all] [--batch B] [--crop S] [--steps N]
+        [--repeats R]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
+from bench_report import write_section  # noqa: E402
+
+NORMS = ("bn", "inplace_abn", "inplace_abn+lrelu")
+DEFAULTS = {"cpu": {"batch": 2, "crop": 257, "steps": 3}, "cuda": {"batch": 4, "crop": 512, "steps": 5}}
+
+
+def fold_relus_into_norms(model: nn.Module) -> int:
+    """Turn each (bnK, reluK) pair of the backbone into InPlace-ABN + leaky ReLU(0.01).
+
+    Returns how many pairs were folded. The final ReLU after a residual sum stays.
+    """
+    folded = 0
+    for module in model.modules():
+        for k in (1, 2, 3):
+            norm, relu = getattr(module, f"bn{k}", None), getattr(module, f"relu{k}", None)
+            if norm is not None and isinstance(relu, nn.ReLU) and getattr(norm, "activation", None) == "identity":
+                norm.activation, norm.slope = "leaky_relu", 0.01
+                setattr(module, f"relu{k}", nn.Identity())
+                folded += 1
+    return folded
+
+
+def current_rss_kib() -> int:
+    """Resident set size now, in KiB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def run_case(case: dict) -> dict:
+    """Build the model, run warm-up + timed steps, return peak memory (MiB) and step times (s)."""
+    from skd import ext
+    from skd.models import pspnet
+
+    torch.manual_seed(0)
+    device = torch.device(case["device"])
+    base_norm = "bn" if case["norm"] == "bn" else "inplace_abn"
+    model = pspnet(case["depth"], num_classes=19, norm=base_norm).to(device).train()
+    if case["norm"] == "inplace_abn+lrelu":
+        fold_relus_into_norms(model)
+    if base_norm != "bn":
+        ext.load()  # build/load before measuring, so its memory is in the baseline
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    for p in model.parameters():  # momentum buffers now, so they are not counted as peak
+        opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    image = torch.randn(case["batch"], 3, case["crop"], case["crop"], device=device)
+    label = torch.randint(0, 19, (case["batch"], case["crop"], case["crop"]), device=device)
+
+    def step() -> None:
+        out = model(image)
+        size = label.shape[-2:]
+        logits = F.interpolate(out.logits, size=size, mode="bilinear", align_corners=True)
+        aux = F.interpolate(out.aux_logits, size=size, mode="bilinear", align_corners=True)
+        loss = F.cross_entropy(logits, label, ignore_index=255) + 0.4 * F.cross_entropy(aux, label, ignore_index=255)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def synced() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    if device.type == "cuda":
+        step()  # warm-up: cuDNN algorithm choice, allocator
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(case["steps"]):
+            t0 = synced()
+            step()
+            times.append(synced() - t0)
+        opt.zero_grad(set_to_none=True)
+        peak = torch.cuda.max_memory_allocated(device)
+        return {"peak_mib": peak / 2**20, "act_mib": (peak - base) / 2**20, "times": times}
+
+    # CPU: the first step sets the peak resident size (freed memory stays mapped afterwards).
+    base_kib = current_rss_kib()
+    times = []
+    for _ in range(case["steps"] + 1):
+        t0 = synced()
+        step()
+        times.append(synced() - t0)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_mib": peak_kib / 1024, "act_mib": (peak_kib - base_kib) / 1024, "times": times[1:]}
+
+
+def spawn_case(case: dict) -> dict:
+    """run_case in a fresh interpreter; {"error": ...} when it fails (e.g. out of memory)."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(case)], capture_output=True, text=True, cwd=ROOT
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": tail[:200]}
+    return json.loads(lines[-1])
+
+
+def table(device: str, results: list[tuple[dict, dict]]) -> str:
+    act_label = "activation peak (MiB)" if device == "cuda" else "peak RSS rise (MiB)"
+    rows = [
+        f"| model | norm | peak (MiB) | {act_label} | vs bn | step time (s) | vs bn |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    bn_of: dict[int, dict] = {}
+    for case, res in results:
+        if case["norm"] == "bn" and "error" not in res:
+            bn_of[case["depth"]] = res
+    for case, res in results:
+        name = f"PSPNet-R{case['depth']}"
+        if "error" in res:
+            rows.append(f"| {name} | {case['norm']} | failed: {res['error']} | | | | |")
+            continue
+        t = statistics.median(res["times"])
+        ref = bn_of.get(case["depth"])
+        d_mem = f"{100 * (res['act_mib'] / ref['act_mib'] - 1):+.1f}%" if ref and case["norm"] != "bn" else ""
+        d_time = f"{100 * (t / statistics.median(ref['times']) - 1):+.1f}%" if ref and case["norm"] != "bn" else ""
+        rows.append(f"| {name} | {case['norm']} | {res['peak_mib']:.0f} | {res['act_mib']:.0f} | {d_mem} | {t:.3f} | {d_time} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="PSPNet training-step memory and time: bn vs inplace_abn")
+    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
+                        help="all = cpu, and cuda when available (default)")
+    parser.add_argument("--batch", type=int, help="batch size (default: cpu 2, cuda 4)")
+    parser.add_argument("--crop", type=int, help="square crop (default: cpu 257, cuda 512)")
+    parser.add_argument("--steps", type=int, help="timed steps (default: cpu 3, cuda 5)")
+    parser.add_argument("--depths", type=int, nargs="+", default=[18, 101], help="ResNet depths (default 18 101)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every case, interleaved (default 1)")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        print(json.dumps(run_case(json.loads(args.child))))
+        return
+
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if "cuda" in devices and not torch.cuda.is_available():
+        if args.device == "cuda":
+            sys.exit("benchmark_memory.py: --device cuda but torch.cuda.is_available() is False")
+        devices.remove("cuda")
+    for device in devices:
+        cfg = {k: getattr(args, k) or v for k, v in DEFAULTS[device].items()}
+        cases = [{"device": device, "depth": d, "norm": n, **cfg} for d in args.depths for n in NORMS]
+        runs: list[list[dict]] = [[] for _ in cases]
+        for _ in range(args.repeats):
+            for case, case_runs in zip(cases, runs):
+                res = spawn_case(case)
+                print(f"{device} R{case['depth']} {case['norm']}: {res}", flush=True)
+                case_runs.append(res)
+        results = []
+        for case, case_runs in zip(cases, runs):
+            ok = [r for r in case_runs if "error" not in r]
+            best = min(ok, key=lambda r: statistics.median(r["times"])) if ok else case_runs[0]
+            results.append((case, best))
+        body = (
+            f"Training step of PSPNet (19 classes), batch {cfg['batch']}, crop {cfg['crop']}x{cfg['crop']}, "
+            f"float32, median of {cfg['steps']} steps (best of {args.repeats} interleaved runs); "
+            "`scripts/benchmark_memory.py` explains the cases.\n"
+            "Target: InPlace-ABN >= 30% lower activation peak than bn, step time within 15%.\n\n"
+            + table(device, results)
+        )
+        print(body)
+        if not args.no_write:
+            write_section(f"memory-{device}", body)
+
+
+if __name__ == "__main__":
+    main()
