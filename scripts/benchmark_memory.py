@@ -7,20 +7,24 @@ crop, with three norm settings:
 
 * `bn`: `skd.models.pspnet(norm="bn")`, BatchNorm + activation.
 * `inplace_abn`: `norm="inplace_abn"`, the same network. The residual blocks and the stem use
-  InPlace-ABN with activation "identity" followed by a separate out-of-place ReLU (the original
-  SKD layout), which keeps as much as BatchNorm + ReLU does there; only the heads' fused
-  norm + leaky ReLU save memory.
+  InPlace-ABN with activation "identity" followed by a separate ReLU (the original SKD
+  layout); the blocks then take the lean autograd path of `skd.nn.fused` (ReLUs recomputed
+  inside the next convolution and the residual sum), and the heads fuse norm + leaky ReLU.
 * `inplace_abn+lrelu`: InPlace-ABN with the blocks' and stem's ReLUs folded into it as leaky
   ReLU(0.01), the layout of the InPlace-ABN paper. A different network (leaky ReLU instead of
   ReLU after those norms); shown for what the layer saves when its activation is fused.
 
 Each case runs in a fresh subprocess. CUDA: peak = torch.cuda.max_memory_allocated() over the
-timed steps, minus what is allocated before them (weights, momentum, input), i.e. the
-activations and gradients. CPU: peak = ru_maxrss of the child after the steps; "activation
-peak" subtracts the resident size just before the first step (model, momentum buffers, input,
-extension loaded). Time: median over the timed steps after warm-up; with --repeats R every case
-runs R times, interleaved with the others, and the fastest median is reported (on a shared
-machine the others' load otherwise decides the times).
+timed steps, minus what is allocated before them (weights, their gradients and momentum,
+allocated up front and zeroed in place between steps, and the input), i.e. what the
+activations, their gradients and the temporaries take. CPU has no allocator statistics, so the first step runs under
+torch.profiler with memory profiling and "activation peak" is the highest sum of live tensor
+allocations made during the step: the same quantity as on CUDA, exact and repeatable. The
+peak RSS rise (ru_maxrss after the steps minus the resident size before the first one) is shown
+next to it; it also counts what glibc's allocator keeps mapped after frees, so it is blurred.
+Time: median over the timed steps after warm-up; with --repeats R every case runs R times,
+interleaved with the others, and the fastest median is reported (on a shared machine the
+others' load otherwise decides the times).
 
     python scripts/benchmark_memory.py [--device cpu|cuda|all] [--batch B] [--crop S] [--steps N]
         [--repeats R]
@@ -87,50 +91,73 @@ def run_case(case: dict) -> dict:
     if base_norm != "bn":
         ext.load()  # build/load before measuring, so its memory is in the baseline
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    for p in model.parameters():  # momentum buffers now, so they are not counted as peak
+    for p in model.parameters():  # gradients and momentum now: model state, not activations
         opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        p.grad = torch.zeros_like(p)
     image = torch.randn(case["batch"], 3, case["crop"], case["crop"], device=device)
     label = torch.randint(0, 19, (case["batch"], case["crop"], case["crop"]), device=device)
 
-    def step() -> None:
+    def forward_backward() -> None:
         out = model(image)
         size = label.shape[-2:]
         logits = F.interpolate(out.logits, size=size, mode="bilinear", align_corners=True)
         aux = F.interpolate(out.aux_logits, size=size, mode="bilinear", align_corners=True)
         loss = F.cross_entropy(logits, label, ignore_index=255) + 0.4 * F.cross_entropy(aux, label, ignore_index=255)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=False)
         loss.backward()
-        opt.step()
 
     def synced() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter()
 
+    # The peak is taken over forward + backward (the activations' lifetime); the SGD update's
+    # own temporaries are the same for every norm and are left out. The time is the whole step.
     if device.type == "cuda":
-        step()  # warm-up: cuDNN algorithm choice, allocator
-        opt.zero_grad(set_to_none=True)
+        forward_backward()  # warm-up: cuDNN algorithm choice, allocator
+        opt.step()
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        times = []
+        times, peak = [], 0
         for _ in range(case["steps"]):
+            torch.cuda.reset_peak_memory_stats(device)
             t0 = synced()
-            step()
+            forward_backward()
+            peak = max(peak, torch.cuda.max_memory_allocated(device))
+            opt.step()
             times.append(synced() - t0)
-        opt.zero_grad(set_to_none=True)
-        peak = torch.cuda.max_memory_allocated(device)
         return {"peak_mib": peak / 2**20, "act_mib": (peak - base) / 2**20, "times": times}
 
     # CPU: the first step sets the peak resident size (freed memory stays mapped afterwards).
     base_kib = current_rss_kib()
+    alloc_peak = profiled_peak_bytes(forward_backward)
+    opt.step()
     times = []
-    for _ in range(case["steps"] + 1):
+    for _ in range(case["steps"]):
         t0 = synced()
-        step()
+        forward_backward()
+        opt.step()
         times.append(synced() - t0)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_mib": peak_kib / 1024, "act_mib": (peak_kib - base_kib) / 1024, "times": times[1:]}
+    return {"peak_mib": peak_kib / 1024, "rss_rise_mib": (peak_kib - base_kib) / 1024,
+            "act_mib": alloc_peak / 2**20, "times": times}
+
+
+def profiled_peak_bytes(fn) -> int:
+    """Run fn under torch.profiler; the highest total of tensor memory allocated and not yet
+    freed during the call (blocks from before the call that it frees count as 0)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    records = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
+    live = peak = 0
+    for _, nbytes in records:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
 
 
 def spawn_case(case: dict) -> dict:
@@ -146,10 +173,11 @@ def spawn_case(case: dict) -> dict:
 
 
 def table(device: str, results: list[tuple[dict, dict]]) -> str:
-    act_label = "activation peak (MiB)" if device == "cuda" else "peak RSS rise (MiB)"
+    cpu = device == "cpu"
     rows = [
-        f"| model | norm | peak (MiB) | {act_label} | vs bn | step time (s) | vs bn |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| model | norm | {'process peak RSS' if cpu else 'peak'} (MiB) | activation peak (MiB) | vs bn | step time (s) | vs bn |"
+        + (" peak RSS rise (MiB) | vs bn |" if cpu else ""),
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if cpu else ""),
     ]
     bn_of: dict[int, dict] = {}
     for case, res in results:
@@ -158,13 +186,17 @@ def table(device: str, results: list[tuple[dict, dict]]) -> str:
     for case, res in results:
         name = f"PSPNet-R{case['depth']}"
         if "error" in res:
-            rows.append(f"| {name} | {case['norm']} | failed: {res['error']} | | | | |")
+            rows.append(f"| {name} | {case['norm']} | failed: {res['error']} | | | | |" + (" | |" if cpu else ""))
             continue
         t = statistics.median(res["times"])
         ref = bn_of.get(case["depth"])
         d_mem = f"{100 * (res['act_mib'] / ref['act_mib'] - 1):+.1f}%" if ref and case["norm"] != "bn" else ""
         d_time = f"{100 * (t / statistics.median(ref['times']) - 1):+.1f}%" if ref and case["norm"] != "bn" else ""
-        rows.append(f"| {name} | {case['norm']} | {res['peak_mib']:.0f} | {res['act_mib']:.0f} | {d_mem} | {t:.3f} | {d_time} |")
+        row = f"| {name} | {case['norm']} | {res['peak_mib']:.0f} | {res['act_mib']:.0f} | {d_mem} | {t:.3f} | {d_time} |"
+        if cpu:
+            d_rss = f"{100 * (res['rss_rise_mib'] / ref['rss_rise_mib'] - 1):+.1f}%" if ref and case["norm"] != "bn" else ""
+            row += f" {res['rss_rise_mib']:.0f} | {d_rss} |"
+        rows.append(row)
     return "\n".join(rows)
 
 

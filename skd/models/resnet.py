@@ -5,6 +5,11 @@ so PSPNet, which extends `DilatedResNet`, loads the official weights without ren
 Every norm layer comes from the `norm_layer` constructor with `activation="identity"` and is
 followed by a separate, out-of-place ReLU: InPlace-ABN keeps its output for backward and
 overwrites its input, so nothing may write into a norm's output afterwards.
+
+With InPlace-ABN norms the blocks take a leaner path through autograd (`skd.nn.fused`): each
+layer chains its blocks on the pre-activation sums and applies the ReLUs inside the next
+convolution and the residual sum, so only one tensor per convolution is kept for backward.
+The values, the gradients and the modules (hence the state dict) are those of the plain path.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import torch
 from torch import nn
 
 from skd.errors import SkdError
+from skd.nn.fused import abn_add_, can_fuse, max_pool2d_keep_input, relu_conv2d
 
 NormLayer = Callable[..., nn.Module]
 
@@ -66,6 +72,15 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return self.relu(out + shortcut)
 
+    def fusable(self) -> bool:
+        return _fusable(self, (self.bn1, self.relu1), (self.bn2, self.relu))
+
+    def forward_pre(self, s: torch.Tensor) -> torch.Tensor:
+        """The fused path: relu(s) -> this block's pre-activation sum (see ResLayer)."""
+        shortcut, relu_shortcut = _shortcut_pre(self.downsample, s)
+        out = relu_conv2d(self.bn1(relu_conv2d(s, self.conv1)), self.conv2)
+        return abn_add_(out, self.bn2, shortcut, relu_shortcut)
+
 
 class Bottleneck(nn.Module):
     """ResNet-50/101 block: (B, inplanes, H, W) -> (B, 4 * planes, H/stride, W/stride)."""
@@ -99,6 +114,55 @@ class Bottleneck(nn.Module):
         out = self.relu2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + shortcut)
+
+    def fusable(self) -> bool:
+        return _fusable(self, (self.bn1, self.relu1), (self.bn2, self.relu2), (self.bn3, self.relu))
+
+    def forward_pre(self, s: torch.Tensor) -> torch.Tensor:
+        """The fused path: relu(s) -> this block's pre-activation sum (see ResLayer)."""
+        shortcut, relu_shortcut = _shortcut_pre(self.downsample, s)
+        out = self.bn1(relu_conv2d(s, self.conv1))
+        out = relu_conv2d(self.bn2(relu_conv2d(out, self.conv2)), self.conv3)
+        return abn_add_(out, self.bn3, shortcut, relu_shortcut)
+
+
+def _fusable(block: nn.Module, *pairs: tuple[nn.Module, nn.Module]) -> bool:
+    """Whether every (norm, ReLU) pair of `block` and its downsample norm are identity InPlace-ABN."""
+    down = block.downsample
+    if down is not None and not (
+        isinstance(down, nn.Sequential) and len(down) == 2 and can_fuse(down[1], nn.ReLU())
+    ):
+        return False
+    return all(can_fuse(norm, relu) for norm, relu in pairs)
+
+
+def _shortcut_pre(downsample: nn.Module | None, s: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(residual, whether the sum applies ReLU to it) for a block whose input is relu(s)."""
+    if downsample is None:
+        return s, True
+    return downsample[1](relu_conv2d(s, downsample[0])), False
+
+
+class ResLayer(nn.Sequential):
+    """A stage of residual blocks: (B, C, H, W) -> (B, C', H', W'), module names 0, 1, ...
+
+    With identity InPlace-ABN norms throughout (`fusable`), the blocks pass their
+    pre-activation sums s to each other (`forward_pre`) and the layer returns relu(s); same
+    values as calling the blocks in turn, with about half the tensors kept for backward.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not all(block.fusable() for block in self):
+            return super().forward(x)
+        # x is relu(x) already (a layer output or the stem's max pool): a valid start.
+        for block in self:
+            x = block.forward_pre(x)
+        return torch.relu(x)
+
+
+def _relu_then(x: torch.Tensor, relu: nn.Module, norm: nn.Module, conv: nn.Conv2d) -> torch.Tensor:
+    """conv(relu(x)) for x = norm(...): fused (relu(x) not kept) after an identity InPlace-ABN."""
+    return relu_conv2d(x, conv) if can_fuse(norm, relu) else conv(relu(x))
 
 
 class DilatedResNet(nn.Module):
@@ -183,7 +247,7 @@ class DilatedResNet(nn.Module):
         # Multi-grid (1, 1, 1): every block, the first included, uses the layer's dilation.
         layers = [block(inplanes, planes, stride, dilation, downsample, norm_layer)]
         layers += [block(out_ch, planes, 1, dilation, None, norm_layer) for _ in range(1, blocks)]
-        return nn.Sequential(*layers), out_ch
+        return ResLayer(*layers), out_ch
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -199,11 +263,16 @@ class DilatedResNet(nn.Module):
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) image -> (B, C, ~H/4, ~W/4) input of layer1."""
-        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.bn1(self.conv1(x))
+        norm, relu = self.bn1, self.relu1
         if self.stem == "deep":
-            x = self.relu2(self.bn2(self.conv2(x)))
-            x = self.relu3(self.bn3(self.conv3(x)))
-        return self.maxpool(x)
+            x = self.bn2(_relu_then(x, self.relu1, self.bn1, self.conv2))
+            x = self.bn3(_relu_then(x, self.relu2, self.bn2, self.conv3))
+            norm, relu = self.bn3, self.relu3
+        # Max pooling and ReLU commute (both monotone, ties included), so pool first: the
+        # full-size ReLU output is never made, and the pooling reads the norm's kept output.
+        x = max_pool2d_keep_input(x, self.maxpool) if can_fuse(norm, relu) else self.maxpool(x)
+        return relu(x)
 
     def forward_features(
         self, x: torch.Tensor

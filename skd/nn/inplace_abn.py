@@ -153,6 +153,98 @@ def _global_stats(mean: Tensor, var: Tensor, count: int, group: dist.ProcessGrou
     return g_mean.to(mean.dtype), g_var.to(var.dtype), total
 
 
+def _abn_forward_(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    act: int,
+    slope: float,
+    group: dist.ProcessGroup | None,
+    sync: bool,
+    ops: Any,
+) -> tuple[Tensor, int | Tensor, bool]:
+    """Overwrite x with act(batch_norm(x)); update the running statistics in training mode.
+
+    Returns (invstd, count, distributed): what backward needs besides the output, weight and
+    bias. `count` is the number of values per channel the statistics cover (all ranks).
+    """
+    stat_dtype = _stat_dtype(x)
+    w = weight.detach().to(stat_dtype).contiguous()
+    b = bias.detach().to(stat_dtype).contiguous()
+    # The kernels want contiguous memory; other layouts run on a copy that is copied back.
+    work = x if ops is _TorchOps or x.is_contiguous() else x.contiguous()
+    distributed = sync and training and _world_size(group) > 1
+
+    if training:
+        count: int | Tensor = x.numel() // x.shape[1]
+        if count <= 1 and not distributed:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        mean, var = ops.abn_stats(work)
+        if distributed:
+            mean, var, count = _global_stats(mean, var, int(count), group)
+        if running_mean is not None and running_var is not None:
+            with torch.no_grad():
+                # Unbiased variance in the running estimate, as nn.BatchNorm2d does.
+                dof = count - 1 if isinstance(count, int) else (count - 1).clamp_min(1)
+                unbiased = var * (count / dof)
+                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("inplace_abn in eval mode needs running_mean and running_var")
+        mean, var = running_mean.to(stat_dtype), running_var.to(stat_dtype)
+        count = 0
+    invstd = torch.rsqrt(var + eps).contiguous()
+    ops.abn_forward_(work, mean.contiguous(), invstd, w, b, act, slope)
+    if work is not x:
+        x.copy_(work)
+    return invstd, count, distributed
+
+
+def _abn_backward(ctx: Any, z: Tensor, dz: Tensor, weight: Tensor, bias: Tensor, invstd: Tensor) -> tuple[Tensor | None, ...]:
+    """(dx, dweight, dbias) of act(batch_norm(x)) from its output z and the output gradient dz.
+
+    `ctx` carries what `_abn_forward_` decided (ops, act, slope, training, count, distributed,
+    group) and `needs_input_grad` for (x, weight, bias) in its first three entries.
+    """
+    ops = ctx.ops
+    stat_dtype = invstd.dtype
+    w = weight.to(stat_dtype).contiguous()
+    b = bias.to(stat_dtype).contiguous()
+    if ops is not _TorchOps:
+        z, dz = z.contiguous(), dz.contiguous()
+    if dz.dtype != z.dtype:
+        dz = dz.to(z.dtype)
+
+    # Per-channel sums over this rank's batch: they are the weight and bias gradients (DDP
+    # then averages those over ranks, like every other parameter's).
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    if ctx.training or need_w or need_b:
+        sum_dy, sum_dy_xhat = ops.abn_backward_reduce(z, dz, w, b, ctx.act, ctx.slope)
+    dx = None
+    if need_x:
+        if ctx.training:
+            g_sum_dy, g_sum_dy_xhat = sum_dy, sum_dy_xhat
+            if ctx.distributed:
+                both = torch.stack([sum_dy, sum_dy_xhat])
+                dist.all_reduce(both, group=ctx.group)
+                g_sum_dy, g_sum_dy_xhat = both[0], both[1]
+            mean_dy = (g_sum_dy / ctx.count).contiguous()
+            mean_dy_xhat = (g_sum_dy_xhat / ctx.count).contiguous()
+        else:
+            # Running statistics are constants: no batch terms in the input gradient.
+            mean_dy = mean_dy_xhat = torch.zeros_like(w)
+        dx = ops.abn_backward_apply(z, dz, invstd, w, b, mean_dy, mean_dy_xhat, ctx.act, ctx.slope)
+    grad_w = sum_dy_xhat.to(weight.dtype) if need_w else None
+    grad_b = sum_dy.to(bias.dtype) if need_b else None
+    return dx, grad_w, grad_b
+
+
 class _InPlaceABNFunction(torch.autograd.Function):
     """Autograd of InPlace-ABN; see the module docstring. Returns x itself, overwritten."""
 
@@ -175,37 +267,9 @@ class _InPlaceABNFunction(torch.autograd.Function):
     ) -> Tensor:
         ops = _choose_ops(x, impl)
         act = ACTIVATIONS[activation]
-        stat_dtype = _stat_dtype(x)
-        w = weight.detach().to(stat_dtype).contiguous()
-        b = bias.detach().to(stat_dtype).contiguous()
-        # The kernels want contiguous memory; other layouts run on a copy that is copied back.
-        work = x if ops is _TorchOps or x.is_contiguous() else x.contiguous()
-        distributed = sync and training and _world_size(group) > 1
-
-        if training:
-            count: int | Tensor = x.numel() // x.shape[1]
-            if count <= 1 and not distributed:
-                raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-            mean, var = ops.abn_stats(work)
-            if distributed:
-                mean, var, count = _global_stats(mean, var, int(count), group)
-            if running_mean is not None and running_var is not None:
-                with torch.no_grad():
-                    # Unbiased variance in the running estimate, as nn.BatchNorm2d does.
-                    dof = count - 1 if isinstance(count, int) else (count - 1).clamp_min(1)
-                    unbiased = var * (count / dof)
-                    running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-                    running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
-        else:
-            if running_mean is None or running_var is None:
-                raise ValueError("inplace_abn in eval mode needs running_mean and running_var")
-            mean, var = running_mean.to(stat_dtype), running_var.to(stat_dtype)
-            count = 0
-        invstd = torch.rsqrt(var + eps).contiguous()
-        ops.abn_forward_(work, mean.contiguous(), invstd, w, b, act, slope)
-        if work is not x:
-            x.copy_(work)
-
+        invstd, count, distributed = _abn_forward_(
+            x, weight, bias, running_mean, running_var, training, momentum, eps, act, slope, group, sync, ops
+        )
         ctx.mark_dirty(x)
         # x now holds the output: the only activation-sized tensor kept for backward.
         ctx.save_for_backward(x, weight, bias, invstd)
@@ -217,37 +281,7 @@ class _InPlaceABNFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, dz: Tensor) -> tuple[Tensor | None, ...]:
         z, weight, bias, invstd = ctx.saved_tensors
-        ops = ctx.ops
-        stat_dtype = invstd.dtype
-        w = weight.to(stat_dtype).contiguous()
-        b = bias.to(stat_dtype).contiguous()
-        if ops is not _TorchOps:
-            z, dz = z.contiguous(), dz.contiguous()
-        if dz.dtype != z.dtype:
-            dz = dz.to(z.dtype)
-
-        # Per-channel sums over this rank's batch: they are the weight and bias gradients (DDP
-        # then averages those over ranks, like every other parameter's).
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if ctx.training or need_w or need_b:
-            sum_dy, sum_dy_xhat = ops.abn_backward_reduce(z, dz, w, b, ctx.act, ctx.slope)
-        dx = None
-        if need_x:
-            if ctx.training:
-                g_sum_dy, g_sum_dy_xhat = sum_dy, sum_dy_xhat
-                if ctx.distributed:
-                    both = torch.stack([sum_dy, sum_dy_xhat])
-                    dist.all_reduce(both, group=ctx.group)
-                    g_sum_dy, g_sum_dy_xhat = both[0], both[1]
-                mean_dy = (g_sum_dy / ctx.count).contiguous()
-                mean_dy_xhat = (g_sum_dy_xhat / ctx.count).contiguous()
-            else:
-                # Running statistics are constants: no batch terms in the input gradient.
-                mean_dy = mean_dy_xhat = torch.zeros_like(w)
-            dx = ops.abn_backward_apply(z, dz, invstd, w, b, mean_dy, mean_dy_xhat, ctx.act, ctx.slope)
-        grad_w = sum_dy_xhat.to(weight.dtype) if need_w else None
-        grad_b = sum_dy.to(bias.dtype) if need_b else None
-        return (dx, grad_w, grad_b) + (None,) * 10
+        return _abn_backward(ctx, z, dz, weight, bias, invstd) + (None,) * 10
 
 
 def _check_options(num_features: int, activation: str, slope: float, momentum: float) -> None:
