@@ -9,13 +9,14 @@ pins a run's exact image set; `write_list` produces one from any item list.
 """
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from skd.data.labels import IGNORE_INDEX, MAX_LABEL_ID, to_train_ids
 from skd.data.transforms import EvalTransform
@@ -30,6 +31,26 @@ IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 # Long problem lists are cut here so the one-line message stays readable.
 MAX_REPORTED = 20
+# Largest image the loader decodes: 64 Mpixel, 32 Cityscapes frames. A header that claims more is
+# refused before any pixel is decoded: a PNG of zeros compresses about 1000:1, so a few hundred
+# kilobytes of corrupt or hostile file would otherwise cost gigabytes (BGR, then float32).
+MAX_PIXELS = 1 << 26
+
+
+class DataFileError(SkdError):
+    """SkdError for a data file that fails while a sample is loaded.
+
+    A DataLoader worker re-raises an exception in the main process as
+    `type(exc)("Caught <type> in DataLoader worker process N.\\nOriginal Traceback ...")`, which
+    would put a worker traceback into the entry points' one-line message; built that way, this
+    class keeps only the original message (the traceback's last line).
+    """
+
+    def __init__(self, message: str) -> None:
+        prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
+        if message.startswith("Caught ") and prefix in message:
+            message = message.rsplit(prefix, 1)[1].strip()
+        super().__init__(message)
 
 
 def _summarize(problems: Sequence[str]) -> str:
@@ -157,30 +178,39 @@ def sample_name(image_path: Path) -> str:
     return f"{image_path.parent.name}/{stem}"
 
 
+def _imread(path: Path, flags: int, what: str) -> np.ndarray:
+    """cv2.imread after the header check of `_header`; SkdError naming the file if either fails."""
+    header = _header(path)
+    if isinstance(header, str):
+        raise DataFileError(f"{header}; re-extract it or remove it from the list")
+    try:
+        array = cv2.imread(str(path), flags)
+    except cv2.error:  # OpenCV asserts on some headers instead of returning None
+        array = None
+    if array is None:
+        raise DataFileError(f"{path}: cannot be read as {what} (missing or corrupt); "
+                            f"re-extract it or remove it from the list")
+    return array
+
+
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 BGR, as the original read it; SkdError naming the file if unreadable."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise SkdError(f"{path}: cannot be read as an image (missing or corrupt); "
-                       f"re-extract it or remove it from the list")
-    return image
+    """(H, W, 3) uint8 BGR, as the original read it (any PNG colour type or bit depth becomes
+    8-bit BGR); SkdError naming the file if unreadable or larger than MAX_PIXELS."""
+    return _imread(path, cv2.IMREAD_COLOR, "an image")
 
 
 def read_label_ids(path: Path) -> np.ndarray:
-    """(H, W) uint8 labelIds; SkdError naming the file if unreadable, not 8-bit single channel,
-    or holding values that are not Cityscapes labelIds (0..33)."""
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise SkdError(f"{path}: cannot be read as a label image (missing or corrupt); "
-                       f"re-extract it or remove it from the list")
+    """(H, W) uint8 labelIds; SkdError naming the file if unreadable, larger than MAX_PIXELS,
+    not 8-bit single channel, or holding values that are not Cityscapes labelIds (0..33)."""
+    label = _imread(path, cv2.IMREAD_UNCHANGED, "a label image")
     if label.ndim != 2 or label.dtype != np.uint8:
-        raise SkdError(
+        raise DataFileError(
             f"{path}: label has shape {label.shape} and dtype {label.dtype}; expected an 8-bit "
             f"single-channel *{LABEL_SUFFIX} (not *_color.png or *_labelTrainIds.png)"
         )
     if label.max() > MAX_LABEL_ID:
         bad = np.unique(label[label > MAX_LABEL_ID])
-        raise SkdError(
+        raise DataFileError(
             f"{path}: label values {bad[:10].tolist()} are not Cityscapes labelIds (0..33); "
             f"use the *{LABEL_SUFFIX} files, not train ids or colours"
         )
@@ -240,7 +270,7 @@ class CityscapesDataset(torch.utils.data.Dataset):
         if self.has_labels:
             label_ids = read_label_ids(label_path)
             if label_ids.shape != image.shape[:2]:
-                raise SkdError(
+                raise DataFileError(
                     f"{image_path} is {image.shape[1]}x{image.shape[0]} but its label "
                     f"{label_path} is {label_ids.shape[1]}x{label_ids.shape[0]}; "
                     f"the pair must have the same size"
@@ -295,11 +325,22 @@ class CityscapesDataset(torch.utils.data.Dataset):
 
 
 def _header(path: Path) -> tuple[tuple[int, int], str] | str:
-    """((width, height), PIL mode) from the file header, or a problem description."""
+    """((width, height), PIL mode) from the file header (no pixel decoded), or a problem
+    description: missing, unreadable, or claiming more than MAX_PIXELS pixels."""
     try:
-        with Image.open(path) as im:
-            return im.size, im.mode
+        with warnings.catch_warnings():
+            # PIL warns from 89 Mpixel and refuses from 179 Mpixel; MAX_PIXELS decides here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                size, mode = im.size, im.mode
     except FileNotFoundError:
         return f"{path}: does not exist"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError:
+        return (f"{path}: header claims more than the {MAX_PIXELS} pixels the loader decodes; "
+                f"the file is corrupt or not a Cityscapes frame")
+    except Exception as exc:  # PIL's format plugins raise many types on a corrupt header
         return f"{path}: not a readable image ({type(exc).__name__})"
+    if size[0] * size[1] > MAX_PIXELS:
+        return (f"{path}: header claims {size[0]}x{size[1]}, more than the {MAX_PIXELS} pixels "
+                f"the loader decodes; the file is corrupt or not a Cityscapes frame")
+    return size, mode
