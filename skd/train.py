@@ -27,7 +27,7 @@ from skd.engine.steps import CriticLoss, DistillStudent, NonFiniteLoss, StepConf
 from skd.errors import SkdError
 from skd.losses import Connector
 from skd.metrics import format_table
-from skd.models.checkpoint import read_checkpoint
+from skd.models.checkpoint import _fit_problems, _raise_if_unfit, read_checkpoint
 from skd.models import Discriminator, build_pspnet, count_parameters, load_backbone, load_weights
 from skd.options import args_to_dict, check_train_args, resolve_distill_defaults, train_parser
 
@@ -101,6 +101,54 @@ def save_model(path: Path, net: nn.Module, step: int, miou: float | None) -> Non
                       "model_config": net.config(), "norm_weight": "plain", "miou": miou}, path)
 
 
+def check_finite_weights(module: nn.Module, what: str) -> None:
+    """SkdError naming the first parameter or buffer of `module` holding NaN/Inf: a diverged
+    model is never written over the last good checkpoint, and the run does not end with status 0."""
+    for name, value in module.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise SkdError(f"{what}: {name} is not finite (NaN/Inf); the model diverged, so it is not "
+                           f"written (the last good checkpoint is kept); lower --lr-g or check the data")
+
+
+# What a config field of a checkpoint is called on the command line.
+_CONFIG_FLAGS = {"arch": "--arch", "width_mult": "--width-mult", "num_classes": "--num-classes", "stem": "--stem"}
+
+
+def load_model_state(net: nn.Module, state: dict, path: Path) -> None:
+    """The student weights of a training checkpoint into `net`; SkdError saying what differs.
+
+    The checkpoint's model_config is compared first, naming the flags that differ (the norm
+    type is not compared: the weights do not depend on it); without one, the first keys that
+    are missing, unexpected or of another shape are listed.
+    """
+    file_cfg = state.get("model_config")
+    if isinstance(file_cfg, dict):
+        run_cfg = net.config()
+        differ = [k for k in _CONFIG_FLAGS if k in file_cfg and file_cfg[k] != run_cfg[k]]
+        if differ:
+            raise SkdError(f"--resume {path}: checkpoint is {_describe_config(file_cfg, differ)}, this run is "
+                           f"{_describe_config(run_cfg, differ)} ({', '.join(_CONFIG_FLAGS[k] for k in differ)})")
+    if "model" not in state:
+        raise SkdError(f"--resume {path}: the checkpoint has no 'model' entry")
+    problems = _fit_problems(state["model"], net.state_dict())
+    _raise_if_unfit(problems, f"--resume {path}", net.describe(),
+                    hint="resume with the flags of the run that wrote it, or pass another --resume")
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise SkdError(f"--resume {path}: does not fit {net.describe()} ({str(e).splitlines()[0]})") from None
+
+
+def _describe_config(cfg: dict, differ: list[str]) -> str:
+    """`resnet18 width 0.25`, plus the class count and stem where they are among `differ`."""
+    text = f"{cfg.get('arch')} width {cfg.get('width_mult')}"
+    if "num_classes" in differ:
+        text += f", {cfg.get('num_classes')} classes"
+    if "stem" in differ:
+        text += f", {cfg.get('stem')} stem"
+    return text
+
+
 class StopFlag:
     """SIGTERM/SIGINT set a flag; the loop checkpoints at the end of the step and exits."""
 
@@ -172,20 +220,20 @@ def run(args, info: DistInfo, device: torch.device) -> int:
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
 
     # Resume.
+    if info.is_main:
+        ckpt.remove_stale_temp_files(args.snapshot_dir)
     start_step, best_miou = 0, -1.0
     resume = None
     if args.resume == "auto":
-        found = ckpt.find_resumable(args.snapshot_dir)
-        if found:
-            resume = found
-        else:
+        resume = ckpt.find_resumable(args.snapshot_dir)
+        if resume is None:
             log.info("--resume auto: no checkpoint in %s, starting from scratch", args.snapshot_dir)
     elif args.resume:
         resume = (Path(args.resume), ckpt.load_checkpoint(Path(args.resume)))
     if resume:
         path, state = resume
+        load_model_state(net, state, path)
         try:
-            net.load_state_dict(state["model"])
             opt_g.load_state_dict(state["optimizer"])
             if connector is not None:
                 connector.load_state_dict(state["connector"])
@@ -194,7 +242,10 @@ def run(args, info: DistInfo, device: torch.device) -> int:
                 opt_d.load_state_dict(state["opt_d"])
             if scaler is not None and "scaler" in state:
                 scaler.load_state_dict(state["scaler"])
-        except (KeyError, RuntimeError, ValueError) as e:
+        except KeyError as e:
+            raise SkdError(f"--resume {path}: the checkpoint has no {e.args[0]!r} entry; it was saved by a "
+                           f"run with other flags (--ho, --cwd-on feat); resume with that run's flags") from None
+        except (RuntimeError, ValueError) as e:
             raise SkdError(f"--resume {path}: does not match this run's models/flags "
                            f"({str(e).splitlines()[0]})") from None
         start_step, best_miou = state["step"], state["best_miou"]
@@ -244,19 +295,18 @@ def run(args, info: DistInfo, device: torch.device) -> int:
         try:
             terms = train_step(image, label, student, opt_g, cfg, teacher, critic, opt_d, scaler, autocast)
         except NonFiniteLoss as e:
+            # train_step has left the models as they were; the step counts, as in the data order.
             skipped += 1
             if skipped > args.skip_nonfinite:
-                raise SkdError(f"step {step}: {e}; stopping (the last good checkpoint is kept; "
+                raise SkdError(f"step {step + 1}: {e}; stopping (the last good checkpoint is kept; "
                                f"--skip-nonfinite N skips up to N such steps)") from None
-            log.warning("step %d: %s; step skipped (%d of %d allowed)", step, e, skipped, args.skip_nonfinite)
-            _append_jsonl(metrics_log, {"step": step, "skipped": str(e)}, info)
-            step += 1
-            bar.update(1)
-            continue
+            log.warning("step %d: %s; step skipped (%d of %d allowed)", step + 1, e, skipped, args.skip_nonfinite)
+            _append_jsonl(metrics_log, {"step": step + 1, "skipped": str(e)}, info)
+            terms = None
         step += 1
         bar.update(1)
 
-        if step % args.log_every == 0 or step == args.num_steps:
+        if terms is not None and (step % args.log_every == 0 or step == args.num_steps):
             terms = all_reduce_mean(terms, device)
             rec = {"step": step, "lr_g": lr_g, **terms, "loss": sum(v for k, v in terms.items()
                                                                      if not k.startswith("d_")),
@@ -280,20 +330,27 @@ def run(args, info: DistInfo, device: torch.device) -> int:
             log.info("step %d: val mIoU %.2f%%", step, 100 * miou)
             if miou > best_miou:
                 best_miou = miou
+                check_finite_weights(raw_student, f"step {step}, best.pth")
                 if info.is_main:
                     save_model(args.snapshot_dir / "best.pth", raw_student.net, step, miou)
             if last and info.is_main:
-                (args.snapshot_dir / "val_final.json").write_text(json.dumps(summary, indent=2))
+                _write_text(args.snapshot_dir / "val_final.json", json.dumps(summary, indent=2))
                 log.info("validation at step %d:\n%s", step, format_table(summary))
 
-        if info.is_main and (step % args.save_every == 0 or last or stop.signum):
-            save_training_state(args.snapshot_dir / f"checkpoint_{step:06d}.pth", step, raw_student, opt_g,
-                                raw_critic, opt_d, scaler, best_miou, args)
-            ckpt.rotate(args.snapshot_dir, args.keep_last)
+        if step % args.save_every == 0 or last or stop.signum:
+            # on every rank, so that all of them stop together
+            check_finite_weights(raw_student, f"step {step}, checkpoint")
+            if raw_critic is not None:
+                check_finite_weights(raw_critic, f"step {step}, checkpoint (discriminator)")
+            if info.is_main:
+                save_training_state(args.snapshot_dir / f"checkpoint_{step:06d}.pth", step, raw_student, opt_g,
+                                    raw_critic, opt_d, scaler, best_miou, args)
+                ckpt.rotate(args.snapshot_dir, args.keep_last)
         if stop.signum:
             log.warning("signal %d: checkpoint written at step %d, exiting", stop.signum, step)
             return 128 + stop.signum
     bar.close()
+    check_finite_weights(raw_student, f"step {step}, final.pth")
     if info.is_main:
         save_model(args.snapshot_dir / "final.pth", raw_student.net, step, None)
         log.info("done: best val mIoU %.2f%%; checkpoints in %s", 100 * best_miou, args.snapshot_dir)
@@ -308,8 +365,18 @@ def _worker_init(_worker_id: int) -> None:
 
 def _append_jsonl(path: Path, record: dict, info: DistInfo) -> None:
     if info.is_main:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise SkdError(f"could not write {path}: {ckpt.write_failure(e, path.parent)}") from None
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise SkdError(f"could not write {path}: {ckpt.write_failure(e, path.parent)}") from None
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """End to end on a tiny synthetic Cityscapes: train -> checkpoint -> eval -> test PNGs,
-distillation with every flag, exact resume after SIGKILL, two-process DDP, the CLI error contract."""
+distillation with every flag, exact resume after SIGKILL, two-process DDP, the CLI error contract,
+skipped non-finite steps, and resume refusals (only corrupt checkpoints, another width)."""
 from __future__ import annotations
 
 import json
@@ -164,3 +165,43 @@ def test_wrong_teacher_checkpoint_is_refused_before_training(data_dir, teacher_c
                    "--teacher-ckpt", teacher_ckpt, "--teacher-arch", "resnet34", "--ho", "False", check=False)
     assert proc.returncode == 2
     assert str(teacher_ckpt) in proc.stderr and "metrics.jsonl" not in os.listdir(tmp_path)
+
+
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def test_skip_nonfinite_run_keeps_finite_weights_and_validates_at_the_end(data_dir, tmp_path):
+    snap = tmp_path / "s"
+    snap.mkdir()
+    stale = snap / f".checkpoint_000001.pth.tmp{_dead_pid()}"  # as left by a kill mid-save
+    stale.write_bytes(bytes(1000))
+    proc = run_cli("skd.train", "--data-dir", data_dir, "--snapshot-dir", snap, *TINY, "--num-steps", "4",
+                   "--save-every", "1", "--lr-g", "1e30", "--skip-nonfinite", "5")
+    assert not stale.exists() and f"removed {stale}" in proc.stdout
+    assert "step 2: loss term 'task' is not finite; step skipped (1 of 5 allowed)" in proc.stdout
+    records = [json.loads(line) for line in (snap / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "val" not in r]
+    assert steps == [1, 2, 3, 4] and [r["step"] for r in records if "skipped" in r] == [2, 3, 4]
+    assert (snap / "val_final.json").exists() and (snap / "best.pth").exists()
+    final = read_checkpoint(snap / "final.pth")["model"]
+    assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
+
+
+def test_resume_auto_run_with_only_corrupt_checkpoints_exits_2(data_dir, tmp_path):
+    (tmp_path / "checkpoint_000003.pth").write_bytes(b"")
+    proc = run_cli("skd.train", "--data-dir", data_dir, "--snapshot-dir", tmp_path, *TINY, "--num-steps", "2",
+                   "--resume", "auto", check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "checkpoint_000003.pth" in err[0], proc.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_resume_of_another_width_names_the_flag(data_dir, teacher_ckpt, tmp_path):
+    resume = teacher_ckpt.parent / "checkpoint_000002.pth"
+    proc = run_cli("skd.train", "--data-dir", data_dir, "--snapshot-dir", tmp_path, *TINY, "--num-steps", "3",
+                   "--width-mult", "0.5", "--resume", resume, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"skd: error: --resume {resume}: checkpoint is resnet18 width 0.25, "
+                                   f"this run is resnet18 width 0.5 (--width-mult)")

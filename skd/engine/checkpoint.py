@@ -8,10 +8,12 @@ the same format, so `skd-eval --ckpt` and `--teacher-ckpt` read any of them.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 _CKPT_RE = re.compile(r"checkpoint_(\d+)\.pth$")
+_TMP_RE = re.compile(r"\..+\.pth\.tmp(\d+)")  # atomic_save's temporary files
+# A write that failed with less than this free is taken for a full disk.
+_NEARLY_FULL = 1 << 20
 
 
 def atomic_save(obj: dict, path: Path) -> None:
@@ -30,6 +35,7 @@ def atomic_save(obj: dict, path: Path) -> None:
 
     Temporary file in the same folder, flush, fsync, rename, fsync of the folder. A failure
     (full disk, say) removes the temporary file, keeps the previous `path`, and raises SkdError.
+    A kill leaves the temporary file; `remove_stale_temp_files` deletes it on the next start.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -44,10 +50,84 @@ def atomic_save(obj: dict, path: Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as e:
+    # On a full disk torch.save's zip writer raises RuntimeError ("unexpected pos ..."), not OSError.
+    except (OSError, RuntimeError) as e:
+        reason = write_failure(e, path.parent)  # before the unlink frees the space again
         tmp.unlink(missing_ok=True)
-        kept = "the previous checkpoint is kept" if path.exists() else "no earlier checkpoint exists"
-        raise SkdError(f"could not write checkpoint {path}: {e.strerror or e}; {kept}") from None
+        raise SkdError(f"could not write checkpoint {path}: {reason}; {_what_is_kept(path)}") from None
+
+
+def _what_is_kept(path: Path) -> str:
+    if path.exists():
+        return "the previous checkpoint is kept"
+    older = list_checkpoints(path.parent)
+    if older:
+        return f"the newest earlier checkpoint, {older[0][1].name}, is kept (--resume auto continues from it)"
+    return "no earlier checkpoint exists"
+
+
+def write_failure(exc: BaseException, folder: Path) -> str:
+    """Why a write into `folder` failed, for a one-line message.
+
+    "no space left on device (N bytes free in FOLDER)" when the error or one it replaced is
+    ENOSPC/EDQUOT, or when the file system is (nearly) full, since torch.save reports a full disk
+    as a RuntimeError of its zip writer; otherwise "the write failed (<first line of the error>)".
+    """
+    free = _free_bytes(folder)
+    no_space = "no space left on device" + (f" ({free} bytes free in {folder})" if free is not None else "")
+    e: BaseException | None = exc
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return no_space
+        e = e.__cause__ or e.__context__
+    if free is not None and free < _NEARLY_FULL:
+        return no_space
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"the write failed ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})"
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def remove_stale_temp_files(snapshot_dir: Path) -> list[Path]:
+    """Delete the temporary files `atomic_save` left in `snapshot_dir` when its process was killed.
+
+    They are `.<name>.pth.tmp<pid>` (as large as a checkpoint); one whose process is still alive
+    (another run writing into the same folder) is kept, with a warning. Returns the removed paths.
+    """
+    removed = []
+    for p in sorted(Path(snapshot_dir).glob(".*.pth.tmp*")):
+        m = _TMP_RE.fullmatch(p.name)
+        if not m or not p.is_file():
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and _alive(pid):
+            log.warning("keeping %s: process %d, which may be writing it, is running; delete the file "
+                        "if no other run writes into %s", p, pid, snapshot_dir)
+            continue
+        try:
+            size = p.stat().st_size
+            p.unlink()
+        except FileNotFoundError:
+            continue
+        log.info("removed %s (%s bytes), left by a run killed while saving", p, f"{size:,}")
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -69,12 +149,27 @@ def list_checkpoints(snapshot_dir: Path) -> list[tuple[int, Path]]:
 
 
 def find_resumable(snapshot_dir: Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads, skipping (and saying so) any that are corrupt."""
-    for _, path in list_checkpoints(snapshot_dir):
+    """The newest checkpoint that loads, skipping (and saying so) any that are corrupt.
+
+    None when `snapshot_dir` holds no numbered checkpoint; SkdError listing each one and why it
+    cannot be loaded when there are some but none is intact, since starting from scratch would
+    silently throw away the run they belong to.
+    """
+    found = list_checkpoints(snapshot_dir)
+    problems = []
+    for _, path in found:
         try:
-            return path, load_checkpoint(path)
+            state = load_checkpoint(path)
         except SkdError as e:
-            log.warning("skipping %s; falling back to an older checkpoint", e)
+            problems.append(str(e))
+            continue
+        for problem in problems:
+            log.warning("--resume auto: skipping %s; falling back to %s", problem, path.name)
+        return path, state
+    if problems:
+        raise SkdError(f"--resume auto: none of the {len(problems)} checkpoint(s) in {snapshot_dir} can be "
+                       f"loaded: {'; '.join(problems)}; move them out of {snapshot_dir} to start from "
+                       f"scratch, or pass --resume PATH of an intact checkpoint")
     return None
 
 

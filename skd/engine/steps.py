@@ -121,9 +121,12 @@ def train_step(image: torch.Tensor, label: torch.Tensor, student: nn.Module, opt
     """One G step (and D step with cfg.ho). image (B,3,H,W), label (B,H,W) train ids.
 
     Returns the loss terms as floats, weighted as they enter the loss ("task", "pi", "pa",
-    "ho", "cwd", "dist", "kd", "d_adv", "d_gp"). Raises NonFiniteLoss (before any update)
-    when a term is NaN/Inf on any rank.
+    "ho", "cwd", "dist", "kd", "d_adv", "d_gp"). Raises NonFiniteLoss when a term, the
+    critic's included, is NaN/Inf on any rank; the models are then exactly as before the call:
+    no optimizer has stepped, and the buffers the forward passes updated (BatchNorm running
+    statistics, the critic's spectral-norm vectors) are restored.
     """
+    saved = [(b, b.clone()) for m in (student, critic) if m is not None for b in m.buffers()]
     t = _teacher_forward(teacher, image, autocast) if cfg.distills else None
 
     with autocast():
@@ -155,7 +158,18 @@ def train_step(image: torch.Tensor, label: torch.Tensor, student: nn.Module, opt
                                                     gamma=cfg.dist_gamma, tau=cfg.dist_tau)
     if cfg.kd:
         terms["kd"] = cfg.lambda_kd * kd_loss(s_logits, t.logits.float(), temperature=cfg.kd_temperature)
-    _check_finite(terms, image.device)
+    d_terms = {}
+    if cfg.ho:
+        # The D loss reads this forward's detached student logits and D as it is, so it equals
+        # the original's (computed after the G step) and can be checked before any update.
+        d_loss, d_terms = critic(_d_input(t.logits.float(), cfg), _d_input(s_logits.detach(), cfg))
+    try:
+        _check_finite({**terms, **d_terms}, image.device)
+    except NonFiniteLoss:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+        raise
 
     opt_g.zero_grad(set_to_none=True)
     loss = sum(terms.values())
@@ -169,8 +183,6 @@ def train_step(image: torch.Tensor, label: torch.Tensor, student: nn.Module, opt
     logs = {k: v.item() for k, v in terms.items()}
 
     if cfg.ho:
-        d_loss, d_terms = critic(_d_input(t.logits.float(), cfg), _d_input(s_logits.detach(), cfg))
-        _check_finite(d_terms, image.device)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()

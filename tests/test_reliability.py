@@ -1,0 +1,202 @@
+"""Faults of docs/reliability.md, one test each: a full disk while writing checkpoints and logs,
+stale temporary files after a kill, non-finite steps that must leave the model untouched,
+corrupt or mismatched checkpoints on resume, and errors raised inside DataLoader workers."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from skd.engine import checkpoint as ckpt
+from skd.engine.runtime import cli
+from skd.engine.steps import CriticLoss, DistillStudent, NonFiniteLoss, StepConfig, train_step
+from skd.errors import SkdError
+from skd.models import Discriminator, build_pspnet
+
+
+# --- full disk -----------------------------------------------------------------------------
+
+def _torch_save_failing_like_a_full_disk(obj, f):
+    """What torch.save does on a real ENOSPC: part of the zip is written, then the zip writer
+    raises RuntimeError (not OSError) when it notices the short write."""
+    f.write(b"PK" + bytes(4096))
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 793984 vs 793880")
+
+
+def test_torch_save_runtime_error_on_a_full_disk_is_one_error_and_keeps_the_previous(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_000001.pth"
+    ckpt.atomic_save({"skd_format": 1, "step": 1}, path)
+    monkeypatch.setattr(torch, "save", _torch_save_failing_like_a_full_disk)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: SimpleNamespace(total=1 << 20, used=1 << 20, free=0))
+    with pytest.raises(SkdError) as info:
+        ckpt.atomic_save({"skd_format": 1, "step": 2}, path)
+    message = str(info.value)
+    assert str(path) in message and "no space left on device" in message
+    assert "the previous checkpoint is kept" in message and "\n" not in message
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_torch_save_runtime_error_with_free_space_says_the_write_failed(tmp_path, monkeypatch):
+    path = tmp_path / "final.pth"
+    monkeypatch.setattr(torch, "save", _torch_save_failing_like_a_full_disk)
+    with pytest.raises(SkdError, match="could not write checkpoint .*final.pth: the write failed "
+                                       r"\(.*unexpected pos.*\); no earlier checkpoint exists"):
+        ckpt.atomic_save({"skd_format": 1}, path)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    ckpt.atomic_save({"skd_format": 1, "step": 1}, tmp_path / "checkpoint_000001.pth")
+    monkeypatch.setattr(torch, "save", _torch_save_failing_like_a_full_disk)
+    with pytest.raises(SkdError, match="the newest earlier checkpoint, checkpoint_000001.pth, is kept"):
+        ckpt.atomic_save({"skd_format": 1, "step": 2}, tmp_path / "checkpoint_000002.pth")
+
+
+def test_metrics_log_on_a_full_disk_is_one_error_naming_the_file():
+    from skd.engine.distributed import DistInfo
+    from skd.train import _append_jsonl, _write_text
+    full = Path("/dev/full")  # every write: ENOSPC
+    if not full.exists():
+        pytest.skip("no /dev/full")
+    with pytest.raises(SkdError, match="could not write /dev/full: no space left on device"):
+        _append_jsonl(full, {"step": 1}, DistInfo())
+    with pytest.raises(SkdError, match="could not write /dev/full: no space left on device"):
+        _write_text(full, "{}")
+
+
+# --- stale temporary files -----------------------------------------------------------------
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_stale_temporary_checkpoints_are_removed_and_live_ones_kept(tmp_path):
+    dead = _dead_pid()
+    stale = [tmp_path / f".checkpoint_000004.pth.tmp{dead}", tmp_path / f".best.pth.tmp{dead}"]
+    live = tmp_path / f".checkpoint_000005.pth.tmp{os.getppid()}"  # our parent: alive
+    others = [tmp_path / "checkpoint_000003.pth", tmp_path / ".notes.tmp1", tmp_path / "x.pth.tmp1"]
+    for p in stale + [live] + others:
+        p.write_bytes(b"partial")
+    assert sorted(ckpt.remove_stale_temp_files(tmp_path)) == sorted(stale)
+    assert sorted(tmp_path.iterdir()) == sorted([live] + others)
+
+
+# --- non-finite steps ----------------------------------------------------------------------
+
+def _tiny_net(seed: int, width: float = 0.125):
+    torch.manual_seed(seed)
+    return build_pspnet("resnet18", num_classes=4, width_mult=width)
+
+
+def _state(*modules) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": v.clone() for i, m in enumerate(modules) for k, v in m.state_dict().items()}
+
+
+def _assert_same(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, f"changed by a skipped step: {changed[:5]}"
+
+
+def _optimizer_state(opt) -> dict:
+    return {f"{i}.{n}": t.clone() for i, s in opt.state_dict()["state"].items() for n, t in s.items()}
+
+
+def test_a_non_finite_step_leaves_model_buffers_and_optimizer_untouched():
+    student = DistillStudent(_tiny_net(0)).train()
+    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+    image, label = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    train_step(image, label, student, opt, StepConfig())  # momentum buffers exist now
+    before, opt_before = _state(student), _optimizer_state(opt)
+    image[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLoss, match="'task'"):
+        train_step(image, label, student, opt, StepConfig())
+    _assert_same(before, _state(student))  # BatchNorm running stats included
+    _assert_same(opt_before, _optimizer_state(opt))
+
+
+def test_a_non_finite_discriminator_loss_is_caught_before_the_student_moves():
+    """lambda_gp = inf: the student's terms (ho included) are finite, the critic's d_gp is not."""
+    student = DistillStudent(_tiny_net(0)).train()
+    teacher = _tiny_net(1, width=0.25).eval()
+    critic = CriticLoss(Discriminator(4, ndf=8), "wgan-gp", lambda_d=0.1, lambda_gp=float("inf")).train()
+    opt_g = torch.optim.SGD(student.parameters(), lr=0.1)
+    opt_d = torch.optim.Adam(critic.parameters(), lr=1e-3)
+    cfg = StepConfig(pi=True, ho=True, d_input_size=64)
+    image, label = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    before = _state(student, critic)
+    with pytest.raises(NonFiniteLoss, match="'d_gp'"):
+        train_step(image, label, student, opt_g, cfg, teacher, critic, opt_d)
+    _assert_same(before, _state(student, critic))  # spectral-norm u/v and the D's BatchNorm too
+    assert not opt_g.state and not opt_d.state
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor():
+    from skd.train import check_finite_weights
+    net = _tiny_net(0)
+    check_finite_weights(net, "final.pth")
+    net.bn1.running_var[3] = float("inf")
+    with pytest.raises(SkdError, match="final.pth: .*bn1.running_var is not finite"):
+        check_finite_weights(net, "final.pth")
+
+
+# --- resume --------------------------------------------------------------------------------
+
+def test_resume_auto_with_only_corrupt_checkpoints_stops_listing_them(tmp_path):
+    (tmp_path / "checkpoint_000007.pth").write_bytes(os.urandom(5000))
+    (tmp_path / "checkpoint_000003.pth").write_bytes(b"")
+    with pytest.raises(SkdError) as info:
+        ckpt.find_resumable(tmp_path)
+    message = str(info.value)
+    assert "checkpoint_000007.pth: cannot be loaded" in message
+    assert "checkpoint_000003.pth: cannot be loaded: the file is empty or truncated" in message
+    assert "--resume" in message and "\n" not in message
+    assert ckpt.find_resumable(tmp_path / "nothing-here") is None
+
+
+def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path, caplog):
+    ckpt.atomic_save({"skd_format": 1, "step": 2}, tmp_path / "checkpoint_000002.pth")
+    (tmp_path / "checkpoint_000003.pth").write_bytes(b"")
+    path, state = ckpt.find_resumable(tmp_path)
+    assert path.name == "checkpoint_000002.pth" and state["step"] == 2
+    assert "checkpoint_000003.pth" in caplog.text and "checkpoint_000002.pth" in caplog.text
+
+
+def test_resume_without_model_config_lists_the_keys_that_differ():
+    from skd.train import load_model_state
+    state = {"model": _tiny_net(0, width=0.25).state_dict()}
+    state["model"]["extra.weight"] = torch.zeros(1)
+    del state["model"]["head.bias"]
+    with pytest.raises(SkdError) as info:
+        load_model_state(_tiny_net(0, width=0.125), state, Path("old.pth"))
+    message = str(info.value)
+    assert message.startswith("--resume old.pth: does not fit resnet18 (width 0.125, 4 classes): ")
+    assert "conv1.weight is (16, 3, 3, 3) in the file, (8, 3, 3, 3) in the model" in message
+    assert "more" in message and "\n" not in message
+
+
+# --- DataLoader workers --------------------------------------------------------------------
+
+class _BrokenDataset(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise SkdError(f"/data/frame_{i}.png: cannot be read as an image (missing or corrupt)")
+
+
+def test_error_in_a_dataloader_worker_is_one_line_and_exit_2(capsys):
+    @cli
+    def main(argv=None):
+        for _ in torch.utils.data.DataLoader(_BrokenDataset(), batch_size=1, num_workers=1):
+            pass
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err == "skd: error: /data/frame_0.png: cannot be read as an image (missing or corrupt)\n"
