@@ -8,6 +8,7 @@ not after an hour of training.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -179,6 +180,9 @@ def check_train_args(args: argparse.Namespace, world_size: int = 1) -> None:
     def bad(flag: str, why: str) -> None:
         raise SkdError(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: {why}")
 
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            bad("--" + name.replace("_", "-"), "must be a finite number")
     for flag in ("--lambda-pi", "--lambda-pa", "--lambda-d", "--lambda-gp", "--lambda-cwd",
                  "--lambda-dist", "--lambda-kd", "--aux-weight", "--weight-decay", "--momentum",
                  "--dist-beta", "--dist-gamma"):

@@ -126,6 +126,8 @@ def _args(tmp_path, *extra):
 
 @pytest.mark.parametrize("extra, message", [
     (["--lambda-pi", "-1"], "--lambda-pi -1.0: must not be negative"),
+    (["--lambda-pa", "nan"], "--lambda-pa nan: must be a finite number"),
+    (["--lr-g", "inf"], "--lr-g inf: must be a finite number"),
     (["--pool-scale", "1.5"], "--pool-scale 1.5: must be in \\(0, 1\\]"),
     (["--input-size", "100000"], "--input-size"),
     (["--batch-size", "3"], "multiple of the number of processes"),

@@ -22,8 +22,17 @@ from skd.data.labels import (
     to_label_ids,
     to_train_ids,
 )
-from skd.data.synthetic import make_synthetic, render_scene
 from skd.data.transforms import EvalTransform, TrainTransform
+
+
+def __getattr__(name: str):
+    # The synthetic generator loads lazily, so `python -m skd.data.synthetic` runs it as
+    # __main__ without importing it a second time (runpy's "found in sys.modules" warning).
+    if name in ("make_synthetic", "render_scene"):
+        from skd.data import synthetic
+
+        return getattr(synthetic, name)
+    raise AttributeError(f"module 'skd.data' has no attribute {name!r}")
 
 __all__ = [
     "CLASS_NAMES",

@@ -30,7 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from skd.nn.inplace_abn import ACTIVATIONS, InPlaceABN, _abn_backward, _abn_forward_, _choose_ops
+from skd.nn.inplace_abn import (
+    ACTIVATIONS,
+    InPlaceABN,
+    _abn_backward,
+    _abn_forward_,
+    _choose_ops,
+    _keep_for_backward,
+)
 
 
 class _ReLUConv2d(torch.autograd.Function):
@@ -112,8 +119,7 @@ class _ABNAdd(torch.autograd.Function):
         x.add_(F.relu(residual) if relu_residual else residual)
         ctx.mark_dirty(x)
         ctx.save_for_backward(x, residual, weight, bias, invstd)
-        ctx.ops, ctx.act, ctx.slope, ctx.training = ops, act, 0.0, training
-        ctx.count, ctx.distributed, ctx.group = count, distributed, group
+        _keep_for_backward(ctx, ops, act, 0.0, training, count, distributed, group)
         ctx.relu_residual = relu_residual
         return x
 

@@ -206,6 +206,13 @@ def _abn_forward_(
     return invstd, count, distributed
 
 
+def _keep_for_backward(ctx: Any, ops: Any, act: int, slope: float, training: bool, count: int | Tensor,
+                       distributed: bool, group: dist.ProcessGroup | None) -> None:
+    """Store on ctx what `_abn_backward` reads besides the saved tensors."""
+    ctx.ops, ctx.act, ctx.slope, ctx.training = ops, act, slope, training
+    ctx.count, ctx.distributed, ctx.group = count, distributed, group
+
+
 def _abn_backward(ctx: Any, z: Tensor, dz: Tensor, weight: Tensor, bias: Tensor, invstd: Tensor) -> tuple[Tensor | None, ...]:
     """(dx, dweight, dbias) of act(batch_norm(x)) from its output z and the output gradient dz.
 
@@ -273,8 +280,7 @@ class _InPlaceABNFunction(torch.autograd.Function):
         ctx.mark_dirty(x)
         # x now holds the output: the only activation-sized tensor kept for backward.
         ctx.save_for_backward(x, weight, bias, invstd)
-        ctx.ops, ctx.act, ctx.slope, ctx.training = ops, act, slope, training
-        ctx.count, ctx.distributed, ctx.group = count, distributed, group
+        _keep_for_backward(ctx, ops, act, slope, training, count, distributed, group)
         return x
 
     @staticmethod
