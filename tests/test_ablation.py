@@ -1,0 +1,73 @@
+"""scripts/ablation.py without training: the rows and seeds it launches, the reuse of finished
+runs only under the same flags, and the mean +- std table."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation_script", ROOT / "scripts" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# A stand-in for `python -m skd.train`: writes val_final.json whose mIoU encodes --seed, and
+# counts its launches in calls.txt beside the snapshot folder.
+FAKE_TRAIN = """
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+snap = Path(args[args.index("--snapshot-dir") + 1])
+seed = int(args[args.index("--seed") + 1]) if "--seed" in args else 0
+snap.mkdir(parents=True, exist_ok=True)
+miou = 0.10 + 0.01 * seed + (0.05 if "--pi" in args and args[args.index("--pi") + 1] == "True" else 0)
+(snap / "val_final.json").write_text(json.dumps({"mIoU": miou, "per_class": {"road": miou, "sky": 2 * miou}}))
+with open(snap.parent.parent / "calls.txt", "a") as f:
+    f.write(" ".join(args) + "\\n")
+"""
+
+
+def test_rows_and_seeds_are_launched_once_and_tabulated_as_mean_and_std(ablation, tmp_path):
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    launch = [sys.executable, str(fake)]
+    rows, seeds = ["baseline", "pi"], [0, 1, 2]
+    results = ablation.ablation(launch, tmp_path / "data", ["--teacher-ckpt", "t.pth"], tmp_path / "runs",
+                                rows, seeds, ["--num-steps", "5"])
+    calls = (tmp_path / "runs" / "calls.txt").read_text().splitlines()
+    assert len(calls) == 6
+    assert all("--teacher-ckpt" not in c for c in calls if "/baseline/" in c)
+    assert all("--teacher-ckpt t.pth" in c and "--pi True" in c for c in calls if "/pi/" in c)
+
+    # A second call reuses the finished runs: no new launches.
+    again = ablation.ablation(launch, tmp_path / "data", ["--teacher-ckpt", "t.pth"], tmp_path / "runs",
+                              rows, seeds, ["--num-steps", "5"])
+    assert again == results
+    assert len((tmp_path / "runs" / "calls.txt").read_text().splitlines()) == 6
+
+    text = ablation.table(results)
+    pi_miou = [100 * (0.15 + 0.01 * s) for s in seeds]
+    want = f"{statistics.mean(pi_miou):.2f} ± {statistics.stdev(pi_miou):.2f}"
+    assert "| + pi | 3 | " + want + " | 70.51 |" in text
+    assert "| baseline | 3 | 11.00 ± 1.00 | 69.10 |" in text
+
+
+def test_a_finished_run_with_other_flags_is_not_reused(ablation, tmp_path):
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    launch = [sys.executable, str(fake)]
+    ablation.ablation(launch, tmp_path / "data", [], tmp_path / "runs", ["baseline"], [0], ["--lambda-pi", "1"])
+    with pytest.raises(SystemExit, match="holds a run with other flags"):
+        ablation.ablation(launch, tmp_path / "data", [], tmp_path / "runs", ["baseline"], [0], ["--lambda-pi", "10"])
+    stored = json.loads((tmp_path / "runs" / "baseline" / "seed0" / "ablation_flags.json").read_text())
+    assert stored[stored.index("--lambda-pi") + 1] == "1"  # the first run is kept as it was
