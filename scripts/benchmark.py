@@ -3,9 +3,8 @@ versus fast settings; writes the "step-<device>" section of docs/benchmarks.md a
 
 Two phases, each case in a fresh subprocess (its memory and compiled code are its own):
 
-* step: the real `skd.engine.steps.train_step` with --pi --pa --ho, on the objects `skd.train`
-  builds (`build_student`, `build_teacher`, `DistillStudent`, `CriticLoss`, SGD / Adam,
-  `autocast_factory`, channels-last, `torch.compile` of the network forwards): R101 teacher
+* step: the real `skd.engine.steps.train_step` with --pi --pa --ho, on the objects skd-train
+  builds (`skd.train.build_training` and `compile_forwards`, `autocast_factory`): R101 teacher
   forward in inference mode, R18 student forward/backward, G step, discriminator step with the
   gradient penalty. Synthetic input (random mean-subtracted image, random labels); images/s =
   batch / step time.
@@ -133,9 +132,8 @@ def run_case(case: dict) -> dict:
 
     from skd.engine.evaluate import evaluate
     from skd.engine.runtime import autocast_factory
-    from skd.engine.steps import CriticLoss, DistillStudent, StepConfig, train_step
-    from skd.models import Discriminator
-    from skd.train import build_student, build_teacher
+    from skd.engine.steps import StepConfig, train_step
+    from skd.train import build_student, build_training, compile_forwards
 
     logging.getLogger("skd").setLevel(logging.WARNING)
     if case.get("threads"):
@@ -151,19 +149,10 @@ def run_case(case: dict) -> dict:
     if case["phase"] == "step":
         cfg = StepConfig.from_args(args)
         # As skd.train.run builds them.
-        student = DistillStudent(build_student(args)).to(device)
-        teacher = build_teacher(args, device)
-        critic = CriticLoss(Discriminator(args.num_classes), args.adv_loss_type, args.lambda_d,
-                            args.lambda_gp).to(device)
-        if args.channels_last:
-            student.to(memory_format=torch.channels_last)
-            teacher.to(memory_format=torch.channels_last)
-        opt_g = torch.optim.SGD(student.parameters(), lr=args.lr_g, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-        opt_d = torch.optim.Adam(critic.parameters(), lr=args.lr_d, betas=(0.9, 0.99))
+        m = build_training(args, cfg, device)
+        student, teacher, critic, opt_g, opt_d = m.student, m.teacher, m.critic, m.opt_g, m.opt_d
         if args.compile:
-            student.net.forward = torch.compile(student.net.forward)
-            teacher.forward = torch.compile(teacher.forward)
+            compile_forwards(student, teacher)
         student.train()
         b, crop = case["batch"], case["crop"]
         image = (torch.randn(b, 3, crop, crop) * 50).to(device)

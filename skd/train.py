@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from skd.engine.steps import CriticLoss, DistillStudent, NonFiniteLoss, StepConf
 from skd.errors import SkdError
 from skd.losses import Connector
 from skd.metrics import format_table
-from skd.models.checkpoint import _fit_problems, _raise_if_unfit, read_checkpoint
+from skd.models.checkpoint import fit_problems, raise_if_unfit, read_checkpoint
 from skd.models import Discriminator, build_pspnet, count_parameters, load_backbone, load_weights
 from skd.options import args_to_dict, check_train_args, resolve_distill_defaults, train_parser
 
@@ -130,8 +131,8 @@ def load_model_state(net: nn.Module, state: dict, path: Path) -> None:
                            f"{_describe_config(run_cfg, differ)} ({', '.join(_CONFIG_FLAGS[k] for k in differ)})")
     if "model" not in state:
         raise SkdError(f"--resume {path}: the checkpoint has no 'model' entry")
-    problems = _fit_problems(state["model"], net.state_dict())
-    _raise_if_unfit(problems, f"--resume {path}", net.describe(),
+    problems = fit_problems(state["model"], net.state_dict())
+    raise_if_unfit(problems, f"--resume {path}", net.describe(),
                     hint="resume with the flags of the run that wrote it, or pass another --resume")
     try:
         net.load_state_dict(state["model"])
@@ -147,6 +148,50 @@ def _describe_config(cfg: dict, differ: list[str]) -> str:
     if "stem" in differ:
         text += f", {cfg.get('stem')} stem"
     return text
+
+
+@dataclass
+class Training:
+    """What a distillation run trains: see `build_training`."""
+
+    net: nn.Module                  # the student PSPNet
+    student: DistillStudent         # net (+ CWD connector), what the step calls and opt_g updates
+    teacher: nn.Module | None       # eval mode, frozen; None without distillation
+    critic: CriticLoss | None       # discriminator + its loss, with --ho
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
+    scaler: torch.amp.GradScaler | None  # --amp fp16 only
+
+
+def build_training(args, cfg: StepConfig, device: torch.device) -> Training:
+    """Student, teacher, critic and their optimizers from the flags, on `device`, channels-last
+    with --channels-last; not yet compiled (`compile_forwards`) or wrapped in DDP."""
+    net = build_student(args)
+    connector = None
+    teacher = build_teacher(args, device) if cfg.distills else None
+    if cfg.cwd and args.cwd_on == "feat":
+        s_ch, t_ch = net.head.in_channels, teacher.head.in_channels
+        connector = Connector(s_ch, t_ch) if s_ch != t_ch else None
+    student = DistillStudent(net, connector).to(device)
+    critic = CriticLoss(Discriminator(args.num_classes), args.adv_loss_type, args.lambda_d,
+                        args.lambda_gp).to(device) if cfg.ho else None
+    if args.channels_last:
+        student.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
+    opt_g = torch.optim.SGD(student.parameters(), lr=args.lr_g, momentum=args.momentum,
+                            weight_decay=args.weight_decay)
+    # The original trains the discriminator with Adam, betas (0.9, 0.99).
+    opt_d = torch.optim.Adam(critic.parameters(), lr=args.lr_d, betas=(0.9, 0.99)) if critic else None
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    return Training(net, student, teacher, critic, opt_g, opt_d, scaler)
+
+
+def compile_forwards(student: DistillStudent, teacher: nn.Module | None) -> None:
+    """--compile: torch.compile the student's and the teacher's network forwards."""
+    student.net.forward = torch.compile(student.net.forward)
+    if teacher is not None:
+        teacher.forward = torch.compile(teacher.forward)
 
 
 class StopFlag:
@@ -191,19 +236,9 @@ def run(args, info: DistInfo, device: torch.device) -> int:
                        f"--batch-size {args.batch_size}")
 
     # Models.
-    net = build_student(args)
-    connector = None
-    teacher = build_teacher(args, device) if cfg.distills else None
-    if cfg.cwd and args.cwd_on == "feat":
-        s_ch, t_ch = net.head.in_channels, teacher.head.in_channels
-        connector = Connector(s_ch, t_ch) if s_ch != t_ch else None
-    student = DistillStudent(net, connector).to(device)
-    critic = CriticLoss(Discriminator(args.num_classes), args.adv_loss_type, args.lambda_d,
-                        args.lambda_gp).to(device) if cfg.ho else None
-    if args.channels_last:
-        student.to(memory_format=torch.channels_last)
-        if teacher is not None:
-            teacher.to(memory_format=torch.channels_last)
+    m = build_training(args, cfg, device)
+    net, student, teacher, critic, opt_g, opt_d, scaler = (
+        m.net, m.student, m.teacher, m.critic, m.opt_g, m.opt_d, m.scaler)
     log.info("student %s: %s parameters", args.arch, f"{count_parameters(net):,}")
     if teacher is not None:
         log.info("teacher %s: %s parameters (%s)", args.teacher_arch, f"{count_parameters(teacher, trainable_only=False):,}",
@@ -212,12 +247,6 @@ def run(args, info: DistInfo, device: torch.device) -> int:
         log.info("discriminator: %s trainable parameters", f"{count_parameters(critic):,}")
     log.info("losses: task%s", "".join(f" + {k}" for k in ("pi", "pa", "ho", "cwd", "dist", "kd")
                                          if getattr(cfg, k)))
-
-    opt_g = torch.optim.SGD(student.parameters(), lr=args.lr_g, momentum=args.momentum,
-                            weight_decay=args.weight_decay)
-    # The original trains the discriminator with Adam, betas (0.9, 0.99).
-    opt_d = torch.optim.Adam(critic.parameters(), lr=args.lr_d, betas=(0.9, 0.99)) if critic else None
-    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
 
     # Resume.
     if info.is_main:
@@ -235,8 +264,8 @@ def run(args, info: DistInfo, device: torch.device) -> int:
         load_model_state(net, state, path)
         try:
             opt_g.load_state_dict(state["optimizer"])
-            if connector is not None:
-                connector.load_state_dict(state["connector"])
+            if student.connector is not None:
+                student.connector.load_state_dict(state["connector"])
             if critic is not None:
                 critic.disc.load_state_dict(state["disc"])
                 opt_d.load_state_dict(state["opt_d"])
@@ -256,9 +285,7 @@ def run(args, info: DistInfo, device: torch.device) -> int:
         log.info("resumed from %s at step %d", path, start_step)
 
     if args.compile:
-        student.net.forward = torch.compile(student.net.forward)
-        if teacher is not None:
-            teacher.forward = torch.compile(teacher.forward)
+        compile_forwards(student, teacher)
     if info.enabled:
         student = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
         if critic is not None:

@@ -84,7 +84,7 @@ def _shape(t: torch.Tensor) -> str:
     return str(tuple(t.shape))
 
 
-def _fit_problems(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> list[str]:
+def fit_problems(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> list[str]:
     """Shape mismatches, then keys missing from `sd`, then keys `expected` lacks."""
     wrong = [
         f"{k} is {_shape(v)} in the file, {_shape(expected[k])} in the model"
@@ -99,7 +99,7 @@ def _fit_problems(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.T
 MODEL_HINT = "build the model with the checkpoint's --arch, --width-mult, --num-classes and --stem"
 
 
-def _raise_if_unfit(problems: list[str], path: PathLike, what: str, hint: str = MODEL_HINT) -> None:
+def raise_if_unfit(problems: list[str], path: PathLike, what: str, hint: str = MODEL_HINT) -> None:
     if not problems:
         return
     listed = "; ".join(problems[:MAX_LISTED])
@@ -160,7 +160,7 @@ def convert_official_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module
 def _load_official_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: PathLike) -> None:
     """Convert and strictly load an official state_dict."""
     converted = convert_official_state_dict(sd, model)
-    _raise_if_unfit(_fit_problems(converted, model.state_dict()), path, _describe(model))
+    raise_if_unfit(fit_problems(converted, model.state_dict()), path, _describe(model))
     model.load_state_dict(converted, strict=True)
     logger.info("%s: loaded official checkpoint into %s (%d norm weights -> |w| + 1e-5)",
                 path, _describe(model), len(norm_layer_names(model)))
@@ -215,7 +215,7 @@ def load_weights(model: nn.Module, path: PathLike) -> dict[str, Any]:
         sd = _match_batch_counters(sd, model)
     else:
         raise SkdError(f"{path}: norm_weight {convention!r} is unknown; expected 'plain' or 'abs' (|w| + 1e-5)")
-    _raise_if_unfit(_fit_problems(sd, model.state_dict()), path, _describe(model))
+    raise_if_unfit(fit_problems(sd, model.state_dict()), path, _describe(model))
     model.load_state_dict(sd, strict=True)
     logger.info("%s: loaded skd checkpoint into %s", path, _describe(model))
     info: dict[str, Any] = {"format": "skd", "path": str(path)}
@@ -248,7 +248,7 @@ def load_backbone(model: nn.Module, path: PathLike) -> list[str]:
     stem = getattr(model, "stem", "deep")
     what = f"the backbone of {_describe(model)}, {stem}-stem ImageNet layout"
     hint = "pass ImageNet weights of the same depth, width and stem, or a whole-model checkpoint"
-    _raise_if_unfit(_fit_problems(to_load, expected), path, what, hint)
+    raise_if_unfit(fit_problems(to_load, expected), path, what, hint)
     model.load_state_dict(to_load, strict=False)
     logger.info("%s: loaded %d backbone tensors; skipped %d keys: %s",
                 path, len(to_load), len(skipped), ", ".join(skipped) or "none")
