@@ -19,6 +19,7 @@ from skd.data import CityscapesDataset, EvalTransform, colorize, to_label_ids
 from skd.engine.distributed import barrier, cleanup, init_distributed
 from skd.engine.evaluate import predict
 from skd.engine.runtime import autocast_factory, cli, setup_logging
+from skd.errors import SkdError
 from skd.evaluate import build_model
 from skd.options import add_data_args, add_eval_args, add_model_args, add_runtime_args, check_writable_dir
 
@@ -43,10 +44,10 @@ def write_prediction(out: Path, name: str, train_ids: np.ndarray) -> None:
     color_path = out / "color" / f"{name}_color.png"
     label_path.parent.mkdir(parents=True, exist_ok=True)
     color_path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(label_path), to_label_ids(train_ids)):
-        raise OSError(f"could not write {label_path}")
-    if not cv2.imwrite(str(color_path), cv2.cvtColor(colorize(train_ids), cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {color_path}")
+    for path, image in ((label_path, to_label_ids(train_ids)),
+                        (color_path, cv2.cvtColor(colorize(train_ids), cv2.COLOR_RGB2BGR))):
+        if not cv2.imwrite(str(path), image):
+            raise SkdError(f"--out: could not write {path} (disk full or not writable?)")
 
 
 @cli
