@@ -38,7 +38,7 @@ PAPER = {"baseline": 69.10, "pi": 70.51, "pi+pa": 71.78, "pi+pa+ho": 74.08}
 #   a teacher no better than the student has nothing to distil;
 # - --lambda-pi 1 instead of 10. The original's pixel-wise term is summed over the batch (SPEC),
 #   so at batch 8 lambda 10 weighs it 80x the task loss; from scratch and 200 steps at lr 0.02,
-#   that drowns the labels (15.8 mIoU against the baseline's 23.1), while 1 (8x) lifts the student
+#   that drowns the labels (17.0 mIoU against the baseline's 23.1), while 1 (8x) lifts the student
 #   to 27.1. Pass `-- --lambda-pi 10` to see the paper's weight;
 # - --lambda-d 0.01 instead of 0.1: with the critic and the student both starting from scratch,
 #   0.1 lets the adversarial term (|ho| up to 17) outweigh the task loss within 200 steps and
