@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: describe the machine and write a section of docs/benchmarks.md.
+"""Shared by the benchmark scripts: describe the machine, run a case in a fresh interpreter, read
+the resident size, and write a section of docs/benchmarks.md.
 
 Each script owns one section, delimited by `<!-- BEGIN name -->` / `<!-- END name -->`, and
 replaces it on every run, so the page always holds the latest figures of every benchmark.
@@ -6,10 +7,12 @@ replaces it on every run, so the page always holds the latest figures of every b
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,3 +58,24 @@ def write_section(name: str, body: str, path: Path = BENCH_MD) -> None:
     pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def spawn_child(script: str, case: dict) -> dict:
+    """`script --child <case as JSON>` in a fresh interpreter; its last JSON line, parsed, or
+    {"error": <last stderr line>} when it fails (e.g. out of memory)."""
+    proc = subprocess.run([sys.executable, script, "--child", json.dumps(case)], capture_output=True,
+                          text=True, cwd=Path(script).resolve().parent.parent)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": tail[:300]}
+    return json.loads(lines[-1])
+
+
+def rss_kib(field: str = "VmRSS") -> int:
+    """VmRSS (resident now) or VmHWM (peak resident) of this process, in KiB (Linux /proc)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")

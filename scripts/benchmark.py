@@ -45,7 +45,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +55,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
-from bench_report import command, machine, write_section  # noqa: E402
+from bench_report import command, machine, rss_kib, spawn_child, write_section  # noqa: E402
 
 SETTINGS: dict[str, dict] = {
     "plain": {"amp": "off", "channels_last": False, "compile": False, "cudnn_benchmark": False},
@@ -84,15 +83,6 @@ PAYS = 1.05
 
 
 # ----------------------------------------------------------------------------- child process
-
-def rss_kib(field: str = "VmRSS") -> int:
-    """VmRSS (resident now) or VmHWM (peak resident) of this process, in KiB (Linux /proc)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
 
 def reset_peak_rss() -> bool:
     """Reset VmHWM to the current resident size (Linux >= 4.0); False where not allowed."""
@@ -240,17 +230,6 @@ def write_random_weights(args, workdir: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def spawn_case(case: dict) -> dict:
-    """run_case in a fresh interpreter; {"error": ...} when it fails (e.g. out of memory)."""
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(case)], capture_output=True,
-                          text=True, cwd=ROOT)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": tail[:300]}
-    return json.loads(lines[-1])
-
-
 def best_runs(runs: list[dict]) -> dict | None:
     ok = [r for r in runs if "error" not in r]
     return max(ok, key=lambda r: r["images_per_s"]) if ok else None
@@ -384,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         for rep in range(args.repeats):
             for setting in settings:
                 for phase in args.phases:
-                    res = spawn_case({**common, **SETTINGS[setting], "phase": phase})
+                    res = spawn_child(__file__, {**common, **SETTINGS[setting], "phase": phase})
                     runs[setting][phase].append(res)
                     shown = res.get("error") or (f"{res['images_per_s']:.2f} images/s, peak {res['peak_mib']:.0f} MiB, "
                                                  f"warm-up {sum(res['warmup_times']):.1f} s")

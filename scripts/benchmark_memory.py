@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,7 +46,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
-from bench_report import write_section  # noqa: E402
+from bench_report import rss_kib, spawn_child, write_section  # noqa: E402
 
 NORMS = ("bn", "inplace_abn", "inplace_abn+lrelu")
 DEFAULTS = {"cpu": {"batch": 2, "crop": 257, "steps": 3}, "cuda": {"batch": 4, "crop": 512, "steps": 5}}
@@ -68,13 +66,6 @@ def fold_relus_into_norms(model: nn.Module) -> int:
                 setattr(module, f"relu{k}", nn.Identity())
                 folded += 1
     return folded
-
-
-def current_rss_kib() -> int:
-    """Resident set size now, in KiB (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def run_case(case: dict) -> dict:
@@ -129,7 +120,7 @@ def run_case(case: dict) -> dict:
         return {"peak_mib": peak / 2**20, "act_mib": (peak - base) / 2**20, "times": times}
 
     # CPU: the first step sets the peak resident size (freed memory stays mapped afterwards).
-    base_kib = current_rss_kib()
+    base_kib = rss_kib()
     alloc_peak = profiled_peak_bytes(forward_backward)
     opt.step()
     times = []
@@ -158,18 +149,6 @@ def profiled_peak_bytes(fn) -> int:
         live += nbytes
         peak = max(peak, live)
     return peak
-
-
-def spawn_case(case: dict) -> dict:
-    """run_case in a fresh interpreter; {"error": ...} when it fails (e.g. out of memory)."""
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(case)], capture_output=True, text=True, cwd=ROOT
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": tail[:200]}
-    return json.loads(lines[-1])
 
 
 def table(device: str, results: list[tuple[dict, dict]]) -> str:
@@ -228,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         runs: list[list[dict]] = [[] for _ in cases]
         for _ in range(args.repeats):
             for case, case_runs in zip(cases, runs):
-                res = spawn_case(case)
+                res = spawn_child(__file__, case)
                 print(f"{device} R{case['depth']} {case['norm']}: {res}", flush=True)
                 case_runs.append(res)
         results = []

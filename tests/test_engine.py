@@ -1,8 +1,6 @@
 """Engine pieces: step sampler, checkpoint files, poly lr, flag checks."""
-import argparse
 import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch

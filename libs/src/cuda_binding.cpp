@@ -48,16 +48,6 @@ void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "skd_ext: CUDA ", what, " failed: ", cudaGetErrorString(err));
 }
 
-struct Shape {
-  int64_t B, C, S;
-};
-
-Shape shape_of(const at::Tensor& x) {
-  const int64_t B = x.size(0), C = x.size(1);
-  const int64_t S = B * C == 0 ? 0 : x.numel() / (B * C);
-  return {B, C, S};
-}
-
 cudaStream_t stream_of(const at::Tensor& x) {
   return c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
 }

@@ -21,16 +21,6 @@ namespace skd {
 namespace cpu {
 namespace {
 
-struct Shape {
-  int64_t B, C, S;
-};
-
-Shape shape_of(const at::Tensor& x) {
-  const int64_t B = x.size(0), C = x.size(1);
-  const int64_t S = B * C == 0 ? 0 : x.numel() / (B * C);
-  return {B, C, S};
-}
-
 // Parallel tasks of about this many elements: fewer would drown in scheduling. The loop bodies
 // capture by value ([=]) so that GCC sees no aliasing through the closure and vectorises.
 constexpr int64_t kGrainElements = 32768;

@@ -14,6 +14,17 @@
 
 namespace skd {
 
+// An InPlace-ABN input (B, C, *) seen as (B, C, S), S the product of the trailing sizes.
+struct Shape {
+  int64_t B, C, S;
+};
+
+inline Shape shape_of(const at::Tensor& x) {
+  const int64_t B = x.size(0), C = x.size(1);
+  const int64_t S = B * C == 0 ? 0 : x.numel() / (B * C);
+  return {B, C, S};
+}
+
 #define SKD_DECLARE_OPS                                                                          \
   /* Per-channel mean and biased variance of x. */                                              \
   std::tuple<at::Tensor, at::Tensor> abn_stats(const at::Tensor& x);                            \

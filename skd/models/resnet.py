@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from skd.errors import SkdError
-from skd.nn.fused import abn_add_, can_fuse, max_pool2d_keep_input, relu_conv2d
+from skd.nn.fused import abn_add_, can_fuse, is_identity_abn, max_pool2d_keep_input, relu_conv2d
 
 NormLayer = Callable[..., nn.Module]
 
@@ -130,7 +130,7 @@ def _fusable(block: nn.Module, *pairs: tuple[nn.Module, nn.Module]) -> bool:
     """Whether every (norm, ReLU) pair of `block` and its downsample norm are identity InPlace-ABN."""
     down = block.downsample
     if down is not None and not (
-        isinstance(down, nn.Sequential) and len(down) == 2 and can_fuse(down[1], nn.ReLU())
+        isinstance(down, nn.Sequential) and len(down) == 2 and is_identity_abn(down[1])
     ):
         return False
     return all(can_fuse(norm, relu) for norm, relu in pairs)

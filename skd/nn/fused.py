@@ -182,6 +182,12 @@ def max_pool2d_keep_input(x: Tensor, pool: nn.MaxPool2d) -> Tensor:
     return _MaxPool2dKeepInput.apply(x, conf)
 
 
+def is_identity_abn(norm: nn.Module) -> bool:
+    """Whether `norm` is InPlace-ABN without an activation (what `abn_add_` and the kept-output
+    recomputations rely on)."""
+    return isinstance(norm, InPlaceABN) and norm.activation == "identity"
+
+
 def can_fuse(norm: nn.Module, relu: nn.Module) -> bool:
     """Whether (identity norm, ReLU) may take the fused path: the norm is InPlace-ABN."""
-    return isinstance(norm, InPlaceABN) and norm.activation == "identity" and type(relu) is nn.ReLU
+    return is_identity_abn(norm) and type(relu) is nn.ReLU
