@@ -1,7 +1,7 @@
 """Images/s and peak memory of a full distillation step and of whole-image evaluation, plain
 versus fast settings; writes the "step-<device>" section of docs/benchmarks.md and a JSON file.
 
-Two phases, each case in a fresh subprocess (its memory and compiled code are its own):
+Three phases, each case in a fresh subprocess (its memory and compiled code are its own):
 
 * step: the real `skd.engine.steps.train_step` with --pi --pa --ho, on the objects skd-train
   builds (`skd.train.build_training` and `compile_forwards`, `autocast_factory`): R101 teacher
@@ -10,6 +10,10 @@ Two phases, each case in a fresh subprocess (its memory and compiled code are it
   batch / step time.
 * eval: `skd.engine.evaluate.evaluate` (mode whole, single scale, no flip, the original's
   validation) of the student on one image of --eval-size per call; images/s = 1 / time per call.
+* data: skd-train's own loader (`skd.train.build_train_loader`: --workers processes, pinned
+  memory on CUDA, OpenCV threads off in the workers) over synthetic 1024x2048 PNGs (--data-size),
+  with the training crop and batch; images/s over the whole pass after the first batch, set
+  against the fastest step to say whether loading keeps up. Run once: no setting changes it.
 
 Time per iteration: the median of the timed iterations on CUDA; on the CPU the fastest one
 (--stat), since on a shared 2-core machine another process's burst can make a step several
@@ -73,10 +77,18 @@ DESCRIBE = {
 }
 DEFAULT_SETTINGS = {"cpu": ["plain", "amp-bf16", "channels-last", "compile", "fast"], "cuda": ["plain", "fast"]}
 DEFAULTS = {
-    "cpu": {"crop": 129, "batch": 2, "eval_size": [256, 512], "steps": 3, "warmup": 1, "stat": "best"},
-    "cuda": {"crop": 512, "batch": 8, "eval_size": [1024, 2048], "steps": 10, "warmup": 3, "stat": "median"},
+    "cpu": {"crop": 129, "batch": 2, "eval_size": [256, 512], "steps": 3, "warmup": 1, "stat": "best",
+            "workers": 2},
+    "cuda": {"crop": 512, "batch": 8, "eval_size": [1024, 2048], "steps": 10, "warmup": 3, "stat": "median",
+             "workers": min(8, os.cpu_count() or 1)},
 }
-PHASES = ("step", "eval")
+# The data phase: this many synthetic training images (1024x2048 by default, Cityscapes' size;
+# their PNGs are then about as large as Cityscapes', ~3.8 MB), read over and over; at least this many batches timed,
+# and ten per worker, so that the batches the workers had prefetched before the clock started
+# weigh little.
+DATA_IMAGES = 8
+DATA_MIN_BATCHES = 20
+PHASES = ("step", "eval")  # per setting; "data" (the loader) runs once, settings do not touch it
 STATS = {"median": statistics.median, "best": min}
 # A switch "pays" on the CPU when it is at least this much faster than plain (below: noise).
 PAYS = 1.05
@@ -155,6 +167,29 @@ def run_case(case: dict) -> dict:
             nonlocal terms
             terms = train_step(image, label, student, opt_g, cfg, teacher, critic, opt_d, None, autocast)
         per_call = b
+    elif case["phase"] == "data":
+        from skd.engine.distributed import DistInfo
+        from skd.train import build_train_loader, build_train_set
+
+        args.data_dir, args.num_workers = Path(case["data_dir"]), case["workers"]
+        batches = max(DATA_MIN_BATCHES, 10 * case["workers"])
+        args.num_steps = batches + 1
+        batch_iter = iter(build_train_loader(build_train_set(args), args, DistInfo(), device))
+        t0 = time.perf_counter()
+        next(batch_iter)  # the workers start and fill their queues
+        warm = [time.perf_counter() - t0]
+        t0 = time.perf_counter()
+        for image, label, _ in batch_iter:  # as skd-train's loop takes them
+            image.to(device, non_blocking=True)
+            label.to(device, non_blocking=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - t0
+        # Throughput over the whole pass: the loader is a pipeline, so the fastest single batch
+        # says nothing about its rate.
+        return {"times": [elapsed], "warmup_times": warm, "images_per_call": case["batch"] * batches,
+                "images_per_s": case["batch"] * batches / elapsed, "workers": case["workers"],
+                "batches": batches, "threads": torch.get_num_threads(), "peak_mib": float("nan")}
     else:
         net = build_student(args).to(device)
         if args.channels_last:
@@ -230,6 +265,40 @@ def write_random_weights(args, workdir: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def measure_data_loading(args, common: dict, workdir: Path) -> dict:
+    """The data phase, once (no setting touches the loader): synthetic images of --data-size
+    (Cityscapes' by default) through skd-train's own loader with --workers processes."""
+    from skd.data import make_synthetic
+
+    data_dir = make_synthetic(workdir / "cityscapes", num_train=DATA_IMAGES, num_val=1, num_test=0,
+                              height=args.data_size[0], width=args.data_size[1], seed=0)
+    pngs = sorted((data_dir / "leftImg8bit" / "train").glob("*/*.png"))
+    res = spawn_child(__file__, {**common, **SETTINGS["plain"], "phase": "data", "data_dir": str(data_dir),
+                                 "workers": args.workers})
+    res["png_mib"] = statistics.mean(p.stat().st_size for p in pngs) / 2**20
+    shown = res.get("error") or f"{res['images_per_s']:.1f} images/s with {args.workers} workers"
+    print(f"data: {shown}", flush=True)
+    return res
+
+
+def data_line(data: dict, results: dict, args) -> str:
+    """Whether skd-train's loader keeps up with the fastest training step measured."""
+    if "error" in data:
+        return f"Data loading: failed: {data['error']}"
+    steps = [(r["images_per_s"], s) for s, phases in results.items() if (r := phases.get("step"))]
+    workers = f"{data['workers']} worker" + ("s" if data["workers"] != 1 else "")
+    line = (f"Data loading (`skd.train.build_train_loader`, {workers}, random scale, mirror and "
+            f"{args.crop}x{args.crop} crop of {args.data_size[0]}x{args.data_size[1]} PNGs of {data['png_mib']:.1f} MiB, "
+            f"batch {args.batch}, "
+            f"{data['batches']} batches after the first): {data['images_per_s']:.1f} images/s")
+    if not steps:
+        return line + "."
+    fastest, setting = max(steps)
+    keeps = data["images_per_s"] >= fastest
+    return line + (f", {data['images_per_s'] / fastest:.1f}x the fastest step ({setting}, {fastest:.2f} images/s): "
+                   + ("keeps up." if keeps else "does NOT keep up; raise --num-workers."))
+
+
 def best_runs(runs: list[dict]) -> dict | None:
     ok = [r for r in runs if "error" not in r]
     return max(ok, key=lambda r: r["images_per_s"]) if ok else None
@@ -249,7 +318,9 @@ def table(device: str, results: dict, errors: dict) -> str:
 
     def cell(setting: str, phase: str, key: str, fmt: str) -> str:
         r = results[setting].get(phase)
-        return format(r[key], fmt) if r else f"failed: {errors[setting][phase]}"
+        if r:
+            return format(r[key], fmt)
+        return "not run" if errors[setting][phase] == "not run" else f"failed: {errors[setting][phase]}"
 
     for setting in results:
         ups = [speedup(results, setting, p) for p in PHASES]
@@ -272,7 +343,9 @@ def warmup_line(runs: dict) -> str:
         if SETTINGS[setting]["compile"]:
             secs = {p: max((sum(r["warmup_times"]) for r in rs if "error" not in r), default=None)
                     for p, rs in phases.items()}
-            parts.append(f"{setting}: " + ", ".join(f"{p} {v:.0f} s" for p, v in secs.items() if v is not None))
+            shown = ", ".join(f"{p} {v:.0f} s" for p, v in secs.items() if v is not None)
+            if shown:
+                parts.append(f"{setting}: {shown}")
     if not parts:
         return ""
     return ("Warm-up (untimed first iterations, compilation included; longest of the repeats): "
@@ -324,7 +397,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of every case, interleaved; best kept (default 1)")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS),
                         help="settings to compare (default: cpu all five, cuda plain fast)")
-    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES), help="default: step eval")
+    parser.add_argument("--phases", nargs="+", choices=PHASES + ("data",), default=list(PHASES) + ["data"],
+                        help="default: step eval data")
+    parser.add_argument("--data-size", type=int, nargs=2, metavar=("H", "W"), default=[1024, 2048],
+                        help="training image size in the data phase (default 1024 2048, Cityscapes)")
+    parser.add_argument("--workers", type=int,
+                        help="loader processes in the data phase (default: cpu 2 as skd-train, cuda min(8, cores))")
     parser.add_argument("--arch", default="resnet18", help="student (default resnet18)")
     parser.add_argument("--width-mult", type=float, default=1.0, help="student width (default 1.0)")
     parser.add_argument("--teacher-arch", default="resnet101", help="teacher (default resnet101)")
@@ -351,6 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     out_json = args.json or Path(os.environ.get("OUT") or tempfile.gettempdir()) / f"benchmark_step_{args.device}.json"
 
+    measure_data = "data" in args.phases
+    args.phases = [p for p in args.phases if p != "data"]
     with tempfile.TemporaryDirectory(prefix="skd_bench_") as tmp:
         workdir = Path(tmp)
         student_ckpt, teacher_ckpt = write_random_weights(args, workdir)
@@ -368,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
                     shown = res.get("error") or (f"{res['images_per_s']:.2f} images/s, peak {res['peak_mib']:.0f} MiB, "
                                                  f"warm-up {sum(res['warmup_times']):.1f} s")
                     print(f"[{rep + 1}/{args.repeats}] {setting} {phase}: {shown}", flush=True)
+        data = measure_data_loading(args, common, workdir) if measure_data else None
 
     results = {s: {p: best_runs(runs[s][p]) for p in args.phases} for s in settings}
     errors = {s: {p: next((r["error"] for r in runs[s][p] if "error" in r), "") for p in args.phases}
@@ -399,13 +480,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{gpu_note}"
         f"JSON: `{out_json.name}`.\n\n"
         + table(args.device, results, errors) + "\n\n" + warmup_line(runs) + line
+        + ("\n" + data_line(data, results, args) if data is not None else "")
     )
     record = {
         "date": datetime.date.today().isoformat(), "machine": machine(), "torch": torch.__version__,
         "command": command(), "device": args.device,
         "config": {k: v for k, v in common.items() if k not in ("workdir", "student_ckpt", "teacher_ckpt")},
         "repeats": args.repeats, "settings": {s: SETTINGS[s] for s in settings},
-        "results": results, "runs": runs, "verdict": line, **info,
+        "results": results, "runs": runs, "verdict": line, **info, "data": data,
         "wall_s": time.perf_counter() - started,
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)

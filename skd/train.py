@@ -163,6 +163,26 @@ class Training:
     scaler: torch.amp.GradScaler | None  # --amp fp16 only
 
 
+def build_train_set(args) -> CityscapesDataset:
+    """The training split with the random scale / mirror / crop of the flags."""
+    return CityscapesDataset(args.data_dir, "train", args.data_list, transform=TrainTransform(
+        args.input_size, random_scale=args.random_scale, random_mirror=args.random_mirror))
+
+
+def build_train_loader(train_set: CityscapesDataset, args, info: DistInfo, device: torch.device,
+                       start_step: int = 0) -> DataLoader:
+    """This rank's batches for steps start_step..num_steps, as one pass of one loader (so its
+    workers start once); the sampler draws the global batch and gives each rank its share."""
+    sampler = StepSampler(len(train_set), args.batch_size, args.num_steps, args.seed, info.rank,
+                          info.world_size, start_step)
+    return DataLoader(SeededDataset(train_set), batch_size=args.batch_size // info.world_size, sampler=sampler,
+                      num_workers=args.num_workers, pin_memory=device.type == "cuda",
+                      worker_init_fn=_worker_init, drop_last=False,
+                      # its own generator: the loader's base seed must not consume the global
+                      # stream (dropout, the penalty's alpha), or a resumed run would diverge
+                      generator=torch.Generator().manual_seed(args.seed))
+
+
 def build_training(args, cfg: StepConfig, device: torch.device) -> Training:
     """Student, teacher, critic and their optimizers from the flags, on `device`, channels-last
     with --channels-last; not yet compiled (`compile_forwards`) or wrapped in DDP."""
@@ -225,8 +245,7 @@ def run(args, info: DistInfo, device: torch.device) -> int:
     cfg = StepConfig.from_args(args, info.world_size)
 
     # Data: every file the run will read is checked before the first step.
-    train_set = CityscapesDataset(args.data_dir, "train", args.data_list, transform=TrainTransform(
-        args.input_size, random_scale=args.random_scale, random_mirror=args.random_mirror))
+    train_set = build_train_set(args)
     val_set = CityscapesDataset(args.data_dir, args.val_split, args.val_list, transform=EvalTransform())
     if info.is_main:
         train_set.check_files()
@@ -293,14 +312,7 @@ def run(args, info: DistInfo, device: torch.device) -> int:
     raw_student = student.module if info.enabled else student
     raw_critic = (critic.module if info.enabled else critic) if critic is not None else None
 
-    sampler = StepSampler(len(train_set), args.batch_size, args.num_steps, args.seed, info.rank,
-                          info.world_size, start_step)
-    loader = DataLoader(SeededDataset(train_set), batch_size=args.batch_size // info.world_size, sampler=sampler,
-                        num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                        worker_init_fn=_worker_init, drop_last=False,
-                        # its own generator: the loader's base seed must not consume the global
-                        # stream (dropout, the penalty's alpha), or a resumed run would diverge
-                        generator=torch.Generator().manual_seed(args.seed))
+    loader = build_train_loader(train_set, args, info, device, start_step)
 
     metrics_log = args.snapshot_dir / "metrics.jsonl"
     stop = StopFlag()

@@ -12,7 +12,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
 TINY = ["--device", "cpu", "--crop", "65", "--batch", "2", "--eval-size", "64", "128", "--steps", "1",
         "--warmup", "1", "--width-mult", "0.25", "--teacher-arch", "resnet18", "--teacher-width-mult", "0.25",
-        "--threads", "1", "--settings", "plain"]
+        "--threads", "1", "--settings", "plain", "--phases", "step", "eval"]
 
 
 def load_script():
@@ -67,3 +67,33 @@ def test_table_and_verdict_say_which_switches_pay():
     gpu = {"plain": res(10.0, 5.0), "fast": res(19.0, 12.0)}
     line, info = bench.verdict("cuda", gpu, crop=512, batch=8)
     assert info["met"] is False and "fast step 1.90x" in line and "NOT met" in line
+
+
+def test_data_phase_runs_skd_trains_loader_once(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), *TINY[:-3], "--phases", "data", "--data-size", "64", "128",
+                           "--workers", "1", "--json", str(out), "--no-write"],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())["data"]
+    # 20 batches of 2 timed after the first (1 worker: max(20, 10 x 1)).
+    assert data["workers"] == 1 and data["batches"] == 20 and data["images_per_call"] == 40
+    assert data["images_per_s"] == 40 / data["times"][0]
+    assert "Data loading (`skd.train.build_train_loader`, 1 worker," in proc.stdout
+    assert "64x128 PNGs" in proc.stdout
+
+
+def test_data_line_says_whether_loading_keeps_up():
+    bench = load_script()
+
+    class Args:
+        crop, batch, data_size = 512, 8, [1024, 2048]
+
+    data = {"workers": 8, "png_mib": 3.7, "batches": 80, "images_per_s": 50.0}
+    results = {"plain": {"step": {"images_per_s": 20.0}}, "fast": {"step": {"images_per_s": 40.0}}}
+    assert bench.data_line(data, results, Args).endswith(
+        "50.0 images/s, 1.2x the fastest step (fast, 40.00 images/s): keeps up.")
+    results["fast"]["step"]["images_per_s"] = 60.0
+    assert "0.8x the fastest step (fast, 60.00 images/s): does NOT keep up; raise --num-workers." in bench.data_line(
+        data, results, Args)
+    assert bench.data_line({"error": "boom"}, results, Args) == "Data loading: failed: boom"
