@@ -99,7 +99,30 @@ def child(case: dict, device: str, repeats: int) -> dict:
         step(case, student, teacher)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     times = time_case(case, device, repeats)
-    return {"peak_bytes": peak, "times": times}
+    return {"peak_bytes": peak, "times": times, **profile_call(case, student, teacher, device)}
+
+
+def profile_call(case: dict, student: torch.Tensor, teacher: torch.Tensor, device: str) -> dict:
+    """Launches of one forward + backward under torch.profiler: on CUDA the kernels, copies and
+    memsets run on the GPU and how long the GPU was busy with them (the sum of their durations;
+    far below the wall time means the call is bound by launches, not by the GPU); on the CPU the
+    aten operators dispatched, nested ones included. {} where the profiler fails."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    try:
+        with profile(activities=activities) as prof:
+            step(case, student, teacher)
+            sync(device)
+        events = list(prof.events())
+    except Exception as err:  # a profiler that cannot start must not cost the timings
+        return {"profile_error": str(err)[:200]}
+    if device != "cuda":
+        return {"launches": sum(e.name.startswith("aten::") for e in events)}
+    gpu = [e for e in events if e.device_type == DeviceType.CUDA]
+    busy_us = sum(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0) for e in gpu)
+    return {"launches": len(gpu), "gpu_busy_ms": busy_us / 1e3}
 
 
 def run_child(case: dict, device: str, repeats: int) -> dict:
@@ -110,22 +133,29 @@ def run_child(case: dict, device: str, repeats: int) -> dict:
 
 
 def full_resolution(device: str, impls: list[str], repeats: int) -> tuple[str, list[str]]:
+    launches = "GPU launches per call | GPU busy (ms)" if device == "cuda" else "aten ops per call"
     rows = [
-        "| C (student = teacher) | impl | time fwd+bwd (ms, best) | peak memory (MiB) | speed-up vs naive | memory / naive |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| C (student = teacher) | impl | time fwd+bwd (ms, best) | peak memory (MiB) | speed-up vs naive "
+        f"| memory / naive | {launches} |",
+        "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if device == "cuda" else ""),
     ]
     verdicts = []
     for channels, speed_target in ((128, 10.0), (512, 2.5)):
-        results = {}
+        results, profiles = {}, {}
         for impl in impls:
             case = {"impl": impl, "batch": 8, "cs": channels, "ct": channels, "h": 64, "w": 64, "node_size": 1}
             res = run_child(case, device, repeats)
             results[impl] = (min(res["times"]), res["peak_bytes"])
+            profiles[impl] = res
         naive_time, naive_peak = results["naive"]
         for impl, (t, peak) in results.items():
+            prof = profiles[impl]
+            counts = str(prof.get("launches", "n/a"))
+            if device == "cuda":
+                counts += f" | {prof['gpu_busy_ms']:.2f}" if "gpu_busy_ms" in prof else " | n/a"
             rows.append(
                 f"| {channels} | {impl} | {t * 1e3:.1f} | {peak / 2**20:.1f} | {naive_time / t:.1f}x | "
-                f"{peak / max(naive_peak, 1):.3f} |"
+                f"{peak / max(naive_peak, 1):.3f} | {counts} |"
             )
         gram_time, gram_peak = results["gram"]
         speed, memory = naive_time / gram_time, naive_peak / max(gram_peak, 1)
