@@ -553,3 +553,36 @@ def test_modules_call_their_function_with_their_hyper_parameters(module, functio
     assert torch.equal(loss_module(student, teacher), function(student, teacher, **kwargs))
     for name, value in kwargs.items():
         assert getattr(loss_module, name) == value
+
+
+def test_pair_wise_gram_chunks_give_the_same_value_and_gradient(monkeypatch):
+    from skd.losses import pair_wise
+
+    teacher = randn(2, 5, 9, 9, seed=7, dtype=torch.float64)
+    results = []
+    for chunk_values in (None, 2 * 8 * 7):  # whole map; chunks of 7 nodes (81 = 11 x 7 + 4)
+        if chunk_values is not None:
+            monkeypatch.setitem(pair_wise._CHUNK_VALUES, "cpu", chunk_values)
+            monkeypatch.setitem(pair_wise._ONE_CHUNK_VALUES, "cpu", 0)
+            assert pair_wise._chunk_nodes(torch.device("cpu"), 2, 8, 81) == 7
+        student = randn(2, 3, 9, 9, seed=8, dtype=torch.float64).requires_grad_(True)
+        loss = pair_wise_loss(student, teacher, node_size=1, impl="gram")
+        loss.backward()
+        results.append((loss.detach(), student.grad))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-13)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-12, atol=1e-16)
+
+
+def test_pair_wise_gram_chunk_rule():
+    from skd.losses.pair_wise import _chunk_nodes
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    # The full-resolution benchmark: batch 8, N = 4096, Cs = Ct = 128 (2^23 values together):
+    # chunks of 2^21 / (8 x 256) = 1024 nodes on the CPU, the whole map at once on CUDA.
+    assert _chunk_nodes(cpu, 8, 256, 4096) == 1024
+    assert _chunk_nodes(cuda, 8, 256, 4096) == 4096
+    # Cs = Ct = 512: 2^25 values, chunks of 2^22 / (8 x 1024) = 512 nodes on CUDA.
+    assert _chunk_nodes(cuda, 8, 1024, 4096) == 512
+    assert _chunk_nodes(cpu, 8, 1024, 4096) == 256
+    assert _chunk_nodes(cpu, 1, 4, 9) == 9  # small maps are one chunk
+    assert _chunk_nodes(torch.device("meta"), 8, 256, 4096) == 4096  # other devices as CUDA

@@ -97,9 +97,20 @@ def graph_distance_naive(s: Tensor, t: Tensor) -> Tensor:
 
 
 # Nodes per float64 chunk in the gram path: this many float64 values (16 MiB on CPU, 32 MiB on
-# CUDA) of student and teacher nodes together, so that no float64 or normalised copy of a whole
-# node map is ever held. CUDA takes bigger chunks because each one costs kernel launches.
+# CUDA) of student and teacher nodes together, so that no float64 or normalised copy of a large
+# node map is ever held. On CUDA, where each chunk costs ~20 kernel launches and the H100 runs
+# showed the gram path bound by launches, a map of up to _ONE_CHUNK_VALUES (64 MiB in float64;
+# 8 x 4096 nodes x 128 + 128 channels) is taken whole.
 _CHUNK_VALUES = {"cpu": 2**21, "cuda": 2**22}
+_ONE_CHUNK_VALUES = {"cpu": 2**21, "cuda": 2**23}
+
+
+def _chunk_nodes(device: torch.device, batch: int, channels: int, nodes: int) -> int:
+    """Nodes per chunk of the gram path for `channels` = Cs + Ct (devices other than CPU as CUDA)."""
+    kind = device.type if device.type in _CHUNK_VALUES else "cuda"
+    if batch * channels * nodes <= _ONE_CHUNK_VALUES[kind]:
+        return nodes
+    return max(1, _CHUNK_VALUES[kind] // (batch * channels))
 
 
 class _GramDistance(torch.autograd.Function):
@@ -123,7 +134,7 @@ class _GramDistance(torch.autograd.Function):
         st = xs.new_zeros((b, cs, ct), dtype=torch.float64)
         inv_s = xs.new_empty((b, 1, n), dtype=torch.float64)
         inv_t = xs.new_empty((b, 1, n), dtype=torch.float64)
-        chunk = max(1, _CHUNK_VALUES.get(xs.device.type, _CHUNK_VALUES["cuda"]) // (b * (cs + ct)))
+        chunk = _chunk_nodes(xs.device, b, cs + ct, n)
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
             # copy=True: the chunks are normalised in place, and float64 inputs must stay intact
