@@ -104,3 +104,51 @@ def test_cuda_matches_naive_graphs_in_float64(impl: str, size: tuple[int, int, i
     check_against_naive(nodes(b, n, cs, 0, "cuda"), nodes(b, n, ct, 1, "cuda"), impl, rtol=1e-4)
     s, t = nodes(b, n, cs, 0, "cuda").double(), nodes(b, n, ct, 1, "cuda").double()
     torch.testing.assert_close(affinity_distance(s, t, impl=impl), naive(s, t), rtol=1e-10, atol=1e-9)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_non_contiguous_inputs(impl: str) -> None:
+    # s as the transpose of a (B, Cs, N) map, t a slice of a wider one: both are copied.
+    s = nodes(2, 70, 33, 12, "cuda").transpose(1, 2).contiguous().transpose(1, 2)
+    t = nodes(2, 70, 40, 13, "cuda")[:, :, :21]
+    assert not s.is_contiguous() and not t.is_contiguous()
+    check_against_naive(s, t, impl, rtol=1e-4)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_half_and_mixed_precision_inputs(impl: str) -> None:
+    s, t = nodes(2, 45, 16, 14, "cuda"), nodes(2, 45, 24, 15, "cuda")
+    got = affinity_distance(s.half(), t.half(), impl=impl)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), naive(s.half().float(), t.half().float()), rtol=1e-5, atol=1e-6)
+    got = affinity_distance(s, t.double(), impl=impl)  # float64 if either input is
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, naive(s, t.double()), rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_gradcheck_float64(impl: str) -> None:
+    s = nodes(2, 37, 5, 16, "cuda").double().requires_grad_()
+    t = nodes(2, 37, 3, 17, "cuda").double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: affinity_distance(a, b, impl=impl), (s, t))
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_more_images_than_one_grid_dimension_holds(impl: str) -> None:
+    # The CUDA kernel puts the images in gridDim.y, at most 65535.
+    check_against_naive(nodes(65535 + 2, 3, 2, 18, "cuda"), nodes(65535 + 2, 3, 3, 19, "cuda"), impl, rtol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_input_on_a_device_that_is_not_the_current_one(impl: str) -> None:
+    device = f"cuda:{torch.cuda.device_count() - 1}"
+    assert torch.cuda.current_device() != torch.device(device).index
+    check_against_naive(nodes(2, 70, 33, 20, device), nodes(2, 70, 7, 21, device), impl, rtol=1e-4)

@@ -5,6 +5,8 @@
 // shared-memory tiles of the node features, adds sum(d^2) to its partial loss, and adds
 // -4 d S_J (and 4 d T_J) to the gradient rows of its row block, which no other block writes.
 // Nothing of size N x N ever exists.
+#include <algorithm>
+
 #include "skd_cuda.h"
 
 namespace skd {
@@ -15,6 +17,7 @@ constexpr int kTile = 32;     // nodes per row / column block
 constexpr int kChunk = 32;    // feature channels per shared-memory tile
 constexpr int kThreads = 256; // 8 warps; thread (ty, tx) owns rows ty + 8q, q < 4, column tx
 constexpr int kRowsPerThread = kTile / (kThreads / kTile);
+constexpr int64_t kMaxGridY = 65535;
 
 // acc[q] += sign * sum_k X[i0 + ty + 8q, k] * X[j0 + tx, k] over the C channels of X (N, C).
 template <typename T>
@@ -112,8 +115,15 @@ int64_t affinity_row_tiles(int64_t N) { return (N + kTile - 1) / kTile; }
 template <typename T>
 cudaError_t affinity_forward(const T* s, const T* t, int64_t B, int64_t N, int64_t Cs, int64_t Ct,
                              T* partial, T* gs, T* gt, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned int>(affinity_row_tiles(N)), static_cast<unsigned int>(B));
-  affinity_kernel<T><<<grid, kThreads, 0, stream>>>(s, t, N, Cs, Ct, partial, gs, gt);
+  const int64_t tiles = affinity_row_tiles(N);
+  // The images go in gridDim.y, which is at most 65535: larger batches take several launches.
+  for (int64_t b0 = 0; b0 < B; b0 += kMaxGridY) {
+    const dim3 grid(static_cast<unsigned int>(tiles),
+                    static_cast<unsigned int>(std::min(B - b0, kMaxGridY)));
+    affinity_kernel<T><<<grid, kThreads, 0, stream>>>(
+        s + b0 * N * Cs, t + b0 * N * Ct, N, Cs, Ct, partial + b0 * tiles,
+        gs == nullptr ? nullptr : gs + b0 * N * Cs, gt == nullptr ? nullptr : gt + b0 * N * Ct);
+  }
   return cudaGetLastError();
 }
 
