@@ -180,6 +180,33 @@ def test_half_precision_inputs_use_float32_statistics(impl: str, dtype: torch.dt
     assert xh.grad is not None and xh.grad.dtype == dtype and torch.isfinite(xh.grad.float()).all()
 
 
+@pytest.mark.parametrize("dtype,alpha", [(torch.float32, 1.0), (torch.float64, 1.0), (torch.float16, 0.3), (torch.bfloat16, 1.0)])
+def test_saturated_elu_gives_finite_gradients(impl: str, dtype: torch.dtype, alpha: float) -> None:
+    # Far below 0, alpha * e^y is lost in the rounding of z: z = -alpha, or just below it when
+    # alpha has no exact half value. Backward must not take log1p(-1) = -inf there.
+    x = torch.tensor([-60.0, -40.0, -1.0, 0.25, 0.5, 2.0], dtype=torch.float64).view(6, 1)
+    rm, rv = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    xr = x.clone().requires_grad_()
+    reference(xr, torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), rm, rv, False, "elu", alpha).sum().backward()
+    stat = torch.float64 if dtype == torch.float64 else torch.float32
+    xa = x.to(dtype).requires_grad_()
+    out = inplace_abn(xa * 1, torch.ones(1, dtype=stat), torch.zeros(1, dtype=stat), rm.to(stat), rv.to(stat), False, 0.1, 1e-5,
+                      "elu", alpha, impl=impl)
+    out.double().sum().backward()
+    torch.testing.assert_close(xa.grad.double(), xr.grad, rtol=1e-2, atol=1e-3)
+
+    # Training: the recovered pre-activation of a saturated value is only a bound, but finite.
+    torch.manual_seed(14)
+    xa = torch.randn(8, 2, 5, dtype=torch.float64).to(dtype).requires_grad_()
+    weight = torch.tensor([1.0, 60.0], dtype=stat, requires_grad=True)
+    bias = torch.zeros(2, dtype=stat, requires_grad=True)
+    out = inplace_abn(xa * 1, weight, bias, None, None, True, 0.1, 1e-5, "elu", alpha, impl=impl)
+    assert (out.double() <= -alpha).any()
+    (out.double() * torch.randn(out.shape, dtype=torch.float64)).sum().backward()
+    for grad in (xa.grad, weight.grad, bias.grad):
+        assert torch.isfinite(grad.double()).all()
+
+
 def test_invalid_options_are_rejected_with_the_fix() -> None:
     with pytest.raises(SkdError, match="ReLU is not invertible"):
         InPlaceABN(8, activation="relu")
@@ -342,3 +369,181 @@ def test_cuda_extension_has_cuda_kernels() -> None:
     if module is None:
         pytest.skip("skd extension not built")
     assert module.with_cuda, "torch has CUDA but the extension was built without its CUDA kernels"
+
+
+# Sizes chosen to exercise every loop of libs/src/inplace_abn_cuda.cu (256 threads a block,
+# at most 64 partial sums per channel, at most 8192 blocks for the elementwise kernels):
+# one value per image and many images (the per-channel walk steps over whole images), a
+# trailing size smaller than the step, more than 256 channels (two blocks for the final sums)
+# with more than 8192 * 256 elements (each elementwise thread visits several), more than
+# 64 * 2048 values per channel (64 partial sums, several values per thread), and tiny ones.
+GRID_SHAPES = [(8192, 16), (512, 32, 3, 3), (4, 300, 48, 48), (8, 4, 130, 130), (2, 3, 7), (5, 2, 1, 1)]
+
+
+def compare_with_batchnorm(device: str, shape: tuple[int, ...], dtype: torch.dtype, activation: str, slope: float,
+                           training: bool, impl: str, channels_last: bool = False) -> None:
+    """inplace_abn in `dtype` against BatchNorm + activation in float64 on the same (rounded)
+    input: output, input / weight / bias gradients and running statistics."""
+    g = torch.Generator().manual_seed(sum(shape))
+    channels = shape[1]
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 3).to(dtype).double()
+    grad = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).double()
+    weight, bias = random_affine(channels, torch.float64)
+    rm, rv = torch.randn(channels, generator=g, dtype=torch.float64), torch.rand(channels, generator=g, dtype=torch.float64) + 0.5
+    x, grad, weight, bias, rm, rv = (t.to(device) for t in (x, grad, weight, bias, rm, rv))
+
+    stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    xa = x.to(dtype).clone().requires_grad_()
+    wa, ba = (t.to(stat_dtype).clone().requires_grad_() for t in (weight, bias))
+    rma, rva = rm.to(stat_dtype, copy=True), rv.to(stat_dtype, copy=True)
+    inp = xa * 1
+    if channels_last:
+        inp = inp.contiguous(memory_format=torch.channels_last)
+        assert not inp.is_contiguous()
+    out = inplace_abn(inp, wa, ba, rma, rva, training, 0.1, 1e-5, activation, slope, impl=impl)
+    assert out.data_ptr() == inp.data_ptr() and out.dtype == dtype
+    (out * grad.to(dtype)).sum().backward()
+
+    want = reference(x, weight, bias, rm.clone(), rv.clone(), training, activation, slope)
+    xr, wr, br = (t.clone().requires_grad_() for t in (x, weight, bias))
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    y = reference(xr, wr, br, rm_ref, rv_ref, training, "identity", slope)
+    if activation == "leaky_relu":
+        # Where y is within rounding of 0 the layer's output may have either sign, and the
+        # slope in backward follows that sign; the output itself is compared with `want`.
+        y = torch.where(out.detach() < 0, y * slope, y)
+    elif activation == "elu":
+        y = F.elu(y, alpha=slope)
+    (y * grad).sum().backward()
+
+    assert out.is_contiguous(memory_format=torch.channels_last) if channels_last else out.is_contiguous()
+    # Weight and bias gradients are sums of `count` terms of size ~1 and random sign.
+    root = (x.numel() // channels) ** 0.5
+    if dtype == torch.float64:
+        tol = {"out": 1e-9, "dx": 1e-8, "sums": 1e-9 * root}
+    elif dtype == torch.float32:
+        tol = {"out": 1e-4, "dx": 1e-3, "sums": 1e-4 * root}
+    else:  # the output rounded to 8 (bf16) or 11 (fp16) bits, and read back in backward
+        tol = {"out": 3e-2, "dx": 5e-2, "sums": 5e-2 * root}
+    torch.testing.assert_close(out.double(), want, rtol=tol["out"], atol=tol["out"])
+    torch.testing.assert_close(xa.grad.double(), xr.grad, rtol=tol["dx"], atol=tol["dx"])
+    for got, ref in ((wa.grad, wr.grad), (ba.grad, br.grad)):
+        torch.testing.assert_close(got.double(), ref, rtol=tol["dx"], atol=tol["sums"])
+    if training:
+        stat_tol = 1e-9 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(rma.double(), rm_ref, rtol=stat_tol, atol=stat_tol)
+        torch.testing.assert_close(rva.double(), rv_ref, rtol=stat_tol, atol=stat_tol)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("activation,slope", [("leaky_relu", 0.1), ("elu", 1.0)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", GRID_SHAPES)
+def test_cuda_sizes_that_exercise_every_grid_loop(impl: str, shape: tuple[int, ...], dtype: torch.dtype, training: bool,
+                                                  activation: str, slope: float) -> None:
+    compare_with_batchnorm("cuda", shape, dtype, activation, slope, training, impl)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 9), (4, 300, 48, 48), (8192, 16)])
+def test_cuda_half_precision_matches_float64_reference(impl: str, shape: tuple[int, ...], dtype: torch.dtype, training: bool) -> None:
+    compare_with_batchnorm("cuda", shape, dtype, "leaky_relu", 0.1, training, impl)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4, 8, 9, 7), (2, 300, 5, 3)])
+def test_cuda_channels_last_input(impl: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    compare_with_batchnorm("cuda", shape, dtype, "leaky_relu", 0.1, True, impl, channels_last=True)
+
+
+def check_autocast(device: str, dtype: torch.dtype, impl: str) -> None:
+    """conv -> InPlace-ABN under autocast against conv -> BatchNorm2d -> leaky ReLU: the output
+    has the autocast dtype, parameters, running statistics and their gradients stay float32."""
+    torch.manual_seed(12)
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1).to(device)
+    layer, bn = InPlaceABN(8, activation="leaky_relu", slope=0.01).to(device), torch.nn.BatchNorm2d(8).to(device)
+    layer.impl = impl
+    x = torch.randn(4, 3, 10, 10, device=device)
+    with torch.autocast(device_type=device, dtype=dtype):
+        h = conv(x).detach()
+        out = layer(h.clone().requires_grad_() * 1)
+        want = F.leaky_relu(bn(h.clone().requires_grad_()), 0.01)
+    assert h.dtype == out.dtype == dtype
+    torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=3e-2)
+    for mine, ref in ((layer.running_mean, bn.running_mean), (layer.running_var, bn.running_var)):
+        assert mine.dtype == torch.float32
+        torch.testing.assert_close(mine, ref, rtol=1e-3, atol=1e-3)
+    out.float().sum().backward()
+    want.float().sum().backward()
+    for mine, ref in ((layer.weight.grad, bn.weight.grad), (layer.bias.grad, bn.bias.grad)):
+        assert mine is not None and mine.dtype == torch.float32
+        torch.testing.assert_close(mine, ref, rtol=5e-2, atol=0.5)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_keeps_float32_parameters_and_statistics(impl: str, dtype: torch.dtype) -> None:
+    check_autocast("cuda", dtype, impl)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_input_on_a_device_that_is_not_the_current_one(impl: str) -> None:
+    device = f"cuda:{torch.cuda.device_count() - 1}"
+    assert torch.cuda.current_device() != torch.device(device).index
+    compare_with_batchnorm(device, (4, 6, 5, 5), torch.float32, "leaky_relu", 0.1, True, impl)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@cuda
+def test_cuda_more_than_2_31_elements(impl: str) -> None:
+    """Offsets past 2^31 in every kernel: (1, 2, 2^30 + 3) in float16, 4 GiB a tensor."""
+    if impl != "ext":
+        pytest.skip("the PyTorch fallback computes no offsets of its own")
+    if torch.cuda.get_device_properties(0).total_memory < 48 * 2**30:
+        pytest.skip("needs a GPU with 48 GiB")
+    torch.manual_seed(13)
+    size = 2**30 + 3
+    x = (torch.randn(1, 2, size, device="cuda") * 2 + 3).half()
+    grad = torch.randn(1, 2, size, device="cuda").half()
+    mean, var, ends = [], [], []
+    for c in range(2):
+        v, m = torch.var_mean(x[0, c].float(), correction=0)
+        mean.append(m)
+        var.append(v)
+        ends.append(torch.cat([x[0, c, :4096], x[0, c, -4096:]]).float())
+    mean_t, var_t = torch.stack(mean), torch.stack(var)
+    invstd = torch.rsqrt(var_t + 1e-5)
+
+    leaf = x.requires_grad_()
+    weight = torch.ones(2, device="cuda", requires_grad=True)
+    bias = torch.zeros(2, device="cuda", requires_grad=True)
+    rm, rv = torch.zeros(2, device="cuda"), torch.ones(2, device="cuda")
+    out = inplace_abn(leaf * 1, weight, bias, rm, rv, True, 1.0, 1e-5, "identity", 0.01, impl=impl)
+    torch.testing.assert_close(rm, mean_t, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rv, var_t * (size / (size - 1)), rtol=1e-4, atol=1e-4)
+    for c in range(2):
+        got = torch.cat([out[0, c, :4096], out[0, c, -4096:]]).float()
+        torch.testing.assert_close(got, (ends[c] - mean_t[c]) * invstd[c], rtol=1e-2, atol=1e-2)
+    z = out.detach()
+    out.backward(grad)
+    del out
+    for c in range(2):
+        xhat = z[0, c].float()
+        dy = grad[0, c].float()
+        sum_dy, sum_dy_xhat = dy.sum(), (dy * xhat).sum()
+        torch.testing.assert_close(bias.grad[c], sum_dy, rtol=1e-3, atol=size**0.5 * 1e-3)
+        torch.testing.assert_close(weight.grad[c], sum_dy_xhat, rtol=1e-3, atol=size**0.5 * 1e-3)
+        ends_dx = torch.cat([leaf.grad[0, c, :4096], leaf.grad[0, c, -4096:]]).float()
+        ends_want = (torch.cat([dy[:4096], dy[-4096:]]) - sum_dy / size
+                     - torch.cat([xhat[:4096], xhat[-4096:]]) * sum_dy_xhat / size) * invstd[c]
+        torch.testing.assert_close(ends_dx, ends_want, rtol=1e-2, atol=1e-2)

@@ -24,6 +24,9 @@ SKD_HD float skd_exp(float v) { return expf(v); }
 SKD_HD double skd_exp(double v) { return exp(v); }
 SKD_HD float skd_log1p(float v) { return log1pf(v); }
 SKD_HD double skd_log1p(double v) { return log1p(v); }
+// The value next to -1 towards 0: -1 + 2^-24 in float, -1 + 2^-53 in double.
+SKD_HD float skd_above_minus_one(float) { return -1.0f + 5.9604644775390625e-8f; }
+SKD_HD double skd_above_minus_one(double) { return -1.0 + 1.1102230246251565e-16; }
 
 // z = act(y). `param` is leaky ReLU's negative slope or ELU's alpha; both must be > 0 so that
 // the activation is invertible (the Python layer checks this).
@@ -49,6 +52,10 @@ struct PreActivation {
   T dy;
 };
 
+// ELU saturates: where alpha * e^y is below the rounding of z, z = -alpha (or just below, for a
+// half output and an alpha that half cannot hold), log1p would give y = -inf or NaN, and the
+// gradients NaN (dy = 0 times xhat = -inf). So z / alpha is clamped to the value next to -1:
+// y is then finite, about where T saturates, and dy = 0.
 // Written as selects rather than an if-block so that CPU compilers vectorise the loops.
 template <typename T>
 SKD_HD PreActivation<T> invert_activation(T z, T dz, Activation act, T param, T inv_param) {
@@ -56,8 +63,10 @@ SKD_HD PreActivation<T> invert_activation(T z, T dz, Activation act, T param, T 
   switch (act) {
     case Activation::LeakyRelu:
       return {negative ? z * inv_param : z, negative ? dz * param : dz};
-    case Activation::Elu:
-      return {negative ? skd_log1p(z * inv_param) : z, negative ? dz * (z + param) : dz};
+    case Activation::Elu: {
+      const T lo = skd_above_minus_one(T(0)), u = z * inv_param;
+      return {negative ? skd_log1p(u > lo ? u : lo) : z, negative ? dz * (z + param) : dz};
+    }
     default:
       return {z, dz};
   }

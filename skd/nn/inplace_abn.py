@@ -10,7 +10,10 @@ normalised input xhat = (y - bias) / weight, and computes the input, weight and 
 Constraints that follow from that, and what you see when they are broken:
 
 * The activation must be invertible: `leaky_relu` (slope > 0), `elu` (alpha = slope > 0) or
-  `identity`. Plain ReLU is not; use `identity` and a separate out-of-place `nn.ReLU`.
+  `identity`. Plain ReLU is not; use `identity` and a separate out-of-place `nn.ReLU`. ELU is
+  invertible only down to where its output rounds to -alpha (y below about -17 in float32, -8
+  in float16, -6 in bfloat16); below that backward takes a finite stand-in for y, so such
+  values get an approximate input gradient in training mode.
 * The input is overwritten. If an earlier op saved it for its own backward (e.g. `x * x`, or a
   `sigmoid`), or a later op overwrites this layer's output (e.g. `nn.ReLU(inplace=True)`),
   backward raises PyTorch's "one of the variables needed for gradient computation has been
@@ -90,7 +93,10 @@ class _TorchOps:
                 y = torch.where(negative, z / param, z)
                 dy = torch.where(negative, dz * param, dz)
             else:
-                y = torch.where(negative, torch.log1p(z / param), z)
+                # Clamped as in libs/src/skd_ext.h: a saturated ELU (z = -alpha) must not give
+                # y = -inf and NaN gradients.
+                above_minus_one = -1 + torch.finfo(z.dtype).eps / 2
+                y = torch.where(negative, torch.log1p((z / param).clamp_min(above_minus_one)), z)
                 dy = torch.where(negative, dz * (z + param), dz)
         return (y - _per_channel(bias, z)) / _per_channel(weight, z), dy
 
