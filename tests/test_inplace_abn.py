@@ -494,6 +494,53 @@ def test_cuda_autocast_keeps_float32_parameters_and_statistics(impl: str, dtype:
     check_autocast("cuda", dtype, impl)
 
 
+def check_first_value_far_from_the_mean(device: str, dtype: torch.dtype, impl: str) -> None:
+    """Training statistics and output when each channel's first value lies about 1000 standard
+    deviations from the others (the CUDA kernels measure from that value), against float64 on
+    the same rounded input. Float32 sums of (x - first) and (x - first)^2 lost about
+    eps * 1000^2 of the variance there; Welford's updates and Chan's merges do not."""
+    g = torch.Generator().manual_seed(14)
+    shape, channels = (8, 3, 40, 40), 3  # 12800 values a channel: 7 partial results, the last one short
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 3
+    x[0, :, 0, 0] = 3 + 2 * 1000 * torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
+    x = x.to(dtype).double().to(device)  # exactly the values the layer sees
+    weight, bias = (t.to(device) for t in random_affine(channels, torch.float64))
+    stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    rma = torch.zeros(channels, device=device, dtype=stat_dtype)
+    rva = torch.ones(channels, device=device, dtype=stat_dtype)
+    # momentum 1: the running estimates become the batch mean and the unbiased batch variance.
+    out = inplace_abn(x.to(dtype), weight.to(stat_dtype), bias.to(stat_dtype), rma, rva, True, 1.0, 1e-5, "leaky_relu", 0.1,
+                      impl=impl)
+
+    var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=1)
+    assert (var > 2 * 4.0).all()  # the first value carries most of the variance
+    want = reference(x, weight, bias, None, None, True, "leaky_relu", 0.1)
+    # A CPU emulation of the CUDA kernels gave 2.3e-6 (mean, in standard deviations) and 3e-7
+    # (variance, relative) here; the shifted sums they replace were 4.7e-4 off in the variance.
+    if dtype == torch.float32:
+        tol = {"mean": 2e-5, "var": 5e-6, "out": 1e-4}
+    else:  # statistics in float32 of exactly representable values; the output rounded to 8 bits
+        tol = {"mean": 5e-5, "var": 2e-5, "out": 3e-2}
+    std = var.sqrt()
+    mean_err = ((rma.double() - mean).abs() / std).max().item()
+    var_err = ((rva.double() - var).abs() / var).max().item()
+    assert mean_err <= tol["mean"], f"mean off by {mean_err:.2e} standard deviations"
+    assert var_err <= tol["var"], f"variance off by {var_err:.2e} of itself"
+    torch.testing.assert_close(out.double(), want, rtol=tol["out"], atol=tol["out"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_statistics_with_a_first_value_far_from_the_mean(impl: str, dtype: torch.dtype) -> None:
+    check_first_value_far_from_the_mean("cpu", dtype, impl)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_statistics_with_a_first_value_far_from_the_mean(impl: str, dtype: torch.dtype) -> None:
+    check_first_value_far_from_the_mean("cuda", dtype, impl)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_cuda_input_on_a_device_that_is_not_the_current_one(impl: str) -> None:

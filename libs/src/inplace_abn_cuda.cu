@@ -1,8 +1,9 @@
 // InPlace-ABN CUDA kernels and their launchers (declared in skd_cuda.h).
 //
-// Per-channel reductions run in two steps: a (C, P) grid where each block sums a strided share
-// of one channel, then one thread per channel adds the P partial sums in double. The partition
-// is fixed by the sizes, so the sums, and hence the results, are the same on every run.
+// Per-channel reductions run in two steps: a (C, P) grid where each block reduces a strided
+// share of one channel, then one thread per channel combines the P partial results in double.
+// The statistics carry (count, mean, m2) rather than sums (see Moments); the backward sums are
+// plain sums. The partition is fixed by the sizes, so the results are the same on every run.
 #include <algorithm>
 
 #include "skd_cuda.h"
@@ -72,44 +73,116 @@ __device__ void block_sum2(T& a, T& b) {
   }
 }
 
-// Statistics, step 1: shifted sums sum(x - K) and sum((x - K)^2) of a share of channel c, with K
-// the channel's first element. The shift keeps float32 sums of squares from cancelling when the
-// mean is large compared with the spread.
+// Statistics of a set of values: how many (n), their mean, and m2 = sum((v - mean)^2). Updated
+// one value at a time (Welford) and merged pairwise (Chan et al.), never as sum(v^2) - n mean^2,
+// which in float loses about eps * (|mean| / std)^2 of the variance. Counts stay integers: a
+// block's share of a channel can exceed the 2^24 that float represents exactly.
+template <typename T>
+struct Moments {
+  int64_t n;
+  T mean, m2;
+};
+
+template <typename T>
+__device__ __forceinline__ void welford_add(Moments<T>& a, T v) {
+  ++a.n;
+  const T d = v - a.mean;
+  a.mean += d / static_cast<T>(a.n);
+  a.m2 += d * (v - a.mean);
+}
+
+// a <- a merged with b. An empty b leaves a as it is and an empty a becomes b (its weight
+// nb / n is then 1, and a's mean and m2 are 0); two empty sets divide nothing.
+template <typename T>
+__device__ __forceinline__ void chan_merge(Moments<T>& a, int64_t nb, T mean_b, T m2_b) {
+  const int64_t n = a.n + nb;
+  const T wb = n > 0 ? static_cast<T>(nb) / static_cast<T>(n) : T(0);
+  const T delta = mean_b - a.mean;
+  a.mean += delta * wb;
+  a.m2 += m2_b + delta * delta * static_cast<T>(a.n) * wb;
+  a.n = n;
+}
+
+// Merge of every thread's moments over the block, valid in thread 0. A lane whose shuffle
+// source is past the warp's end gets its own value back and merges with itself: only lane 0's
+// result is used, and it only reads lanes that are in range.
+template <typename T>
+__device__ void block_moments(Moments<T>& a) {
+  __shared__ int64_t sn[kThreads / 32];
+  __shared__ T smean[kThreads / 32], sm2[kThreads / 32];
+  for (int off = 16; off > 0; off >>= 1) {
+    const int64_t nb = __shfl_down_sync(0xffffffffu, a.n, off);
+    const T mean_b = __shfl_down_sync(0xffffffffu, a.mean, off);
+    const T m2_b = __shfl_down_sync(0xffffffffu, a.m2, off);
+    chan_merge(a, nb, mean_b, m2_b);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    sn[warp] = a.n;
+    smean[warp] = a.mean;
+    sm2[warp] = a.m2;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const bool real = lane < kThreads / 32;
+    a.n = real ? sn[lane] : int64_t(0);
+    a.mean = real ? smean[lane] : T(0);
+    a.m2 = real ? sm2[lane] : T(0);
+    for (int off = 16; off > 0; off >>= 1) {
+      const int64_t nb = __shfl_down_sync(0xffffffffu, a.n, off);
+      const T mean_b = __shfl_down_sync(0xffffffffu, a.mean, off);
+      const T m2_b = __shfl_down_sync(0xffffffffu, a.m2, off);
+      chan_merge(a, nb, mean_b, m2_b);
+    }
+  }
+}
+
+// Number of a channel's `count` values that block p of P visits in stats_partial_kernel: thread
+// t of block p takes the values e = p * kThreads + t + k * P * kThreads, e < count.
+__device__ __forceinline__ int64_t partial_count(int64_t count, int64_t p, int64_t P) {
+  const int64_t stride = P * kThreads;
+  const int64_t tail = count % stride - p * kThreads;
+  return count / stride * kThreads + (tail < 0 ? 0 : (tail < kThreads ? tail : kThreads));
+}
+
+// Statistics, step 1: (mean, m2) of v = x - K over block p's share of channel c, K the channel's
+// first value, into ws[2 * (c * P + p)] and the next entry; partial_count gives the share's
+// count. The float error of Welford and Chan grows about linearly with |mean(v)| / std: the
+// shift keeps that ratio small when the mean is large compared with the spread, and a K far
+// from the mean (an outlier first value) costs only that linear growth.
 template <typename scalar_t, typename stat_t>
 __global__ void stats_partial_kernel(const scalar_t* __restrict__ x, int64_t C, int64_t S,
                                      int64_t count, stat_t* __restrict__ ws) {
   const int64_t c = blockIdx.x, p = blockIdx.y, P = gridDim.y;
   const stat_t shift = load<stat_t>(x[c * S]);
   const int64_t first = p * kThreads + threadIdx.x, stride = P * kThreads;
-  stat_t sum = 0, sq = 0;
+  Moments<stat_t> m{0, stat_t(0), stat_t(0)};
   ChannelWalk walk(first, stride, S);
   for (int64_t e = first; e < count; e += stride, walk.next()) {
-    const stat_t v = load<stat_t>(x[walk.offset(c, C)]) - shift;
-    sum += v;
-    sq += v * v;
+    welford_add(m, load<stat_t>(x[walk.offset(c, C)]) - shift);
   }
-  block_sum2(sum, sq);
+  block_moments(m);
   if (threadIdx.x == 0) {
-    ws[2 * (c * P + p)] = sum;
-    ws[2 * (c * P + p) + 1] = sq;
+    ws[2 * (c * P + p)] = m.mean;
+    ws[2 * (c * P + p) + 1] = m.m2;
   }
 }
 
+// Statistics, step 2: one thread per channel merges the P shares in double; var is m2 / count,
+// the biased variance (inplace_abn.py scales it to the unbiased one for the running estimate).
 template <typename scalar_t, typename stat_t>
 __global__ void stats_finish_kernel(const scalar_t* __restrict__ x, int64_t C, int64_t S,
                                     int64_t count, int64_t P, const stat_t* __restrict__ ws,
                                     stat_t* __restrict__ mean, stat_t* __restrict__ var) {
   const int64_t c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  double sum = 0.0, sq = 0.0;
+  Moments<double> m{0, 0.0, 0.0};
   for (int64_t p = 0; p < P; ++p) {
-    sum += static_cast<double>(ws[2 * (c * P + p)]);
-    sq += static_cast<double>(ws[2 * (c * P + p) + 1]);
+    chan_merge(m, partial_count(count, p, P), static_cast<double>(ws[2 * (c * P + p)]),
+               static_cast<double>(ws[2 * (c * P + p) + 1]));
   }
-  const double n = static_cast<double>(count);
-  const double shifted_mean = sum / n;
-  mean[c] = static_cast<stat_t>(static_cast<double>(load<stat_t>(x[c * S])) + shifted_mean);
-  var[c] = static_cast<stat_t>(fmax(sq / n - shifted_mean * shifted_mean, 0.0));
+  mean[c] = static_cast<stat_t>(static_cast<double>(load<stat_t>(x[c * S])) + m.mean);
+  var[c] = static_cast<stat_t>(m.n > 0 ? fmax(m.m2, 0.0) / static_cast<double>(m.n) : 0.0);
 }
 
 template <typename scalar_t, typename stat_t>

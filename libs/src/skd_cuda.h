@@ -15,11 +15,13 @@
 namespace skd {
 namespace cuda {
 
-// Number of partial sums per channel that the per-channel reductions use for `count` = B * S
-// elements; they need a workspace of 2 * C * abn_partials(count) stat_t values.
+// Number of partial results per channel that the per-channel reductions use for `count` = B * S
+// elements; they need a workspace of 2 * C * abn_partials(count) stat_t values (abn_stats: the
+// mean and m2 of each share, whose count follows from the sizes; abn_backward_reduce: two sums).
 int64_t abn_partials(int64_t count);
 
-// mean[c], var[c] (biased) of channel c.
+// mean[c], var[c] (biased) of channel c, in one pass (Welford per thread, Chan's merge across
+// threads and blocks), robust to values far from the mean. Needs B * S >= 1.
 template <typename scalar_t, typename stat_t>
 cudaError_t abn_stats(const scalar_t* x, int64_t B, int64_t C, int64_t S, stat_t* mean,
                       stat_t* var, stat_t* workspace, cudaStream_t stream);
