@@ -30,10 +30,16 @@ def one_step(student, teacher, image, label) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("norm", ["bn", "inplace_abn"])
-def test_compiled_step_and_eval_match_eager(norm, monkeypatch):
+def test_compiled_step_and_eval_match_eager(norm):
     torch._dynamo.reset()
     # Inductor draws its own random numbers (here: the head's dropout) unless told to use eager's.
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(fallback_random=True):
+        compare_compiled_with_eager(norm)
+
+
+def compare_compiled_with_eager(norm: str) -> None:
     gen = torch.Generator().manual_seed(1)
     image = torch.randn(2, 3, 33, 33, generator=gen) * 50
     label = torch.randint(0, 5, (2, 33, 33), generator=gen)
