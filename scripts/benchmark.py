@@ -189,7 +189,7 @@ def run_case(case: dict) -> dict:
         # says nothing about its rate.
         return {"times": [elapsed], "warmup_times": warm, "images_per_call": case["batch"] * batches,
                 "images_per_s": case["batch"] * batches / elapsed, "workers": case["workers"],
-                "batches": batches, "threads": torch.get_num_threads(), "peak_mib": float("nan")}
+                "batches": batches, "threads": torch.get_num_threads()}
     else:
         net = build_student(args).to(device)
         if args.channels_last:

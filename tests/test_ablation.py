@@ -2,7 +2,6 @@
 runs only under the same flags, and the mean +- std table."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 import sys
@@ -10,15 +9,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
-def ablation():
-    spec = importlib.util.spec_from_file_location("ablation_script", ROOT / "scripts" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def ablation(load_script):
+    return load_script("ablation")
 
 
 # A stand-in for `python -m skd.train`: writes val_final.json whose mIoU encodes --seed, and

@@ -2,7 +2,6 @@
 are written and parse), and its table and verdict on made-up figures."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,13 +12,6 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
 TINY = ["--device", "cpu", "--crop", "65", "--batch", "2", "--eval-size", "64", "128", "--steps", "1",
         "--warmup", "1", "--width-mult", "0.25", "--teacher-arch", "resnet18", "--teacher-width-mult", "0.25",
         "--threads", "1", "--settings", "plain", "--phases", "step", "eval"]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("skd_benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_benchmark_writes_json_and_the_step_cpu_section(tmp_path):
@@ -48,8 +40,8 @@ def test_benchmark_writes_json_and_the_step_cpu_section(tmp_path):
     assert "Verdict:" in section
 
 
-def test_table_and_verdict_say_which_switches_pay():
-    bench = load_script()
+def test_table_and_verdict_say_which_switches_pay(load_script):
+    bench = load_script("benchmark")
 
     def res(step: float, eval_: float) -> dict:
         return {"step": {"images_per_s": step, "peak_mib": 800.0}, "eval": {"images_per_s": eval_, "peak_mib": 150.0}}
@@ -83,8 +75,8 @@ def test_data_phase_runs_skd_trains_loader_once(tmp_path):
     assert "64x128 PNGs" in proc.stdout
 
 
-def test_data_line_says_whether_loading_keeps_up():
-    bench = load_script()
+def test_data_line_says_whether_loading_keeps_up(load_script):
+    bench = load_script("benchmark")
 
     class Args:
         crop, batch, data_size = 512, 8, [1024, 2048]

@@ -1,7 +1,6 @@
 """scripts/benchmark_losses.py on a tiny case: one child's record (peak, timings, launch count)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -21,10 +20,8 @@ def test_child_reports_peak_times_and_launches():
     assert record["launches"] > 10
 
 
-def test_profile_call_counts_operators_of_one_call():
-    spec = importlib.util.spec_from_file_location("skd_benchmark_losses", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_profile_call_counts_operators_of_one_call(load_script):
+    bench = load_script("benchmark_losses")
     case = {"impl": "naive", "batch": 1, "cs": 4, "ct": 4, "h": 3, "w": 3, "node_size": 1}
     student, teacher = bench.make_inputs(case, "cpu")
     once = bench.profile_call(case, student, teacher, "cpu")["launches"]

@@ -3,7 +3,6 @@ seed with the same student flags), the within-noise test against hand-computed v
 section and JSON it writes."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -11,16 +10,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
-def parity():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("parity_script", ROOT / "scripts" / "parity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def parity(load_script):
+    return load_script("parity")  # which puts scripts/ on sys.path for its own imports
 
 
 # A stand-in for `python -m skd.train`: val_final.json with mIoU 0.20 + 0.01 * seed, plus

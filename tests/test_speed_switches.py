@@ -1,6 +1,8 @@
 """The speed switches on a real distillation step (--pi --pa --ho --kd, D step included):
 --amp bf16 and fp16 (with GradScaler) stay close to float32 and keep float32 weights and losses;
---channels-last gives the contiguous step and keeps the weights channels-last."""
+--channels-last gives the contiguous step and keeps the weights channels-last; --compile (the
+torch.compile'd forwards) gives the eager step and evaluation, with BatchNorm and with
+InPlace-ABN (whose extension ops break the graph)."""
 from __future__ import annotations
 
 import copy
@@ -12,14 +14,15 @@ import torch.nn.functional as F
 from skd.engine.runtime import autocast_factory
 from skd.engine.steps import CriticLoss, DistillStudent, StepConfig, train_step
 from skd.models import Discriminator, build_pspnet
+from skd.train import compile_forwards
 
 CFG = StepConfig(pi=True, pa=True, pa_node_size=2, ho=True, d_input_size=64, kd=True)
 CPU = torch.device("cpu")
 
 
-def build() -> tuple[DistillStudent, torch.nn.Module, CriticLoss]:
+def build(norm: str = "bn") -> tuple[DistillStudent, torch.nn.Module, CriticLoss]:
     torch.manual_seed(0)
-    student = DistillStudent(build_pspnet("resnet18", num_classes=5, width_mult=0.125))
+    student = DistillStudent(build_pspnet("resnet18", num_classes=5, width_mult=0.125, norm=norm))
     teacher = build_pspnet("resnet18", num_classes=5, width_mult=0.25).eval()
     critic = CriticLoss(Discriminator(5))
     return student, teacher, critic
@@ -103,3 +106,44 @@ def test_channels_last_step_matches_contiguous_and_keeps_the_layout():
     assert F.cosine_similarity(updates(start[2], ref[2]), updates(start[2], cl[2]), dim=0) > 0.99
     convs = [m.weight for m in cl[0].modules() if isinstance(m, torch.nn.Conv2d) and m.weight.dim() == 4]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+
+
+@pytest.mark.slow  # inductor compiles C++ for every graph: ~1-2 min a case on 2 cores
+@pytest.mark.parametrize("norm", ["bn", "inplace_abn"])
+def test_compiled_step_and_eval_match_eager(norm):
+    torch._dynamo.reset()
+    # Inductor draws its own random numbers (here: the head's dropout) unless told to use eager's.
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(fallback_random=True):
+        compare_compiled_with_eager(norm)
+
+
+def compare_compiled_with_eager(norm: str) -> None:
+    image, label = batch()
+    label[:, :4] = 255  # some ignored pixels too
+    eager = build(norm)
+    start = copy.deepcopy(eager[0].state_dict())
+    compiled = copy.deepcopy(eager)
+    compile_forwards(compiled[0], compiled[1])
+
+    want = step(eager, image, label)
+    got = step(compiled, image, label)
+    assert set(got) == set(want) == {"task", "pi", "pa", "ho", "kd", "d_adv", "d_gp"}
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), k
+    # What the step changed (SGD update, BatchNorm statistics) agrees to float32 reordering noise.
+    for (name, a), b in zip(eager[0].state_dict().items(), compiled[0].state_dict().values()):
+        if not a.is_floating_point():
+            assert torch.equal(a, b), name
+            continue
+        moved_a, moved_b = a - start[name], b - start[name]
+        scale = moved_a.abs().max().item()
+        assert (moved_a - moved_b).abs().max().item() <= 1e-3 * scale + 1e-7, name
+
+    eager[0].eval()
+    compiled[0].eval()
+    with torch.no_grad():
+        a, b = eager[0].net(image).logits, compiled[0].net(image).logits
+    err, scale = (a - b).abs().max().item(), a.abs().max().item()
+    assert err <= 1e-4 * scale, (err, scale)
