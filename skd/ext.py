@@ -1,8 +1,9 @@
 """Builds and loads the skd C++/CUDA extension from libs/src on first use.
 
 `load()` returns the compiled module, or None when it cannot be built (no compiler, no ninja, a
-compile error) or when SKD_EXT=0; `skd.nn.inplace_abn` and `skd.nn.affinity` then use their
-pure-PyTorch code, which computes the same thing. `libs/build.py` builds ahead of time.
+compile error) or when SKD_EXT=0. `kernels_for(x, impl)` is the one rule for which code runs a
+tensor: the compiled kernels, or None for the pure-PyTorch twin that computes the same thing
+(`skd.nn.inplace_abn`, `skd.nn.affinity`). `libs/build.py` builds ahead of time.
 
 The module's functions are documented in libs/src/skd_ops.h. Build directory: $SKD_EXT_DIR, or
 ~/.cache/skd/ext/<torch version>-<cuXYZ|cpu>; ninja rebuilds only what changed. The CUDA kernels
@@ -21,6 +22,8 @@ from types import ModuleType
 
 import torch
 
+from skd.errors import SkdError
+
 logger = logging.getLogger(__name__)
 
 NAME = "skd_ext"
@@ -28,6 +31,9 @@ SOURCE_DIR = Path(__file__).resolve().parent.parent / "libs" / "src"
 CPU_SOURCES = ("dispatch.cpp", "inplace_abn_cpu.cpp", "affinity_cpu.cpp")
 # cuda_binding.cpp needs torch's CUDA headers, which a CPU build of torch does not ship.
 CUDA_SOURCES = ("inplace_abn_cuda.cu", "affinity_cuda.cu", "cuda_binding.cpp")
+# How a caller asks for an implementation: the kernels when usable, the kernels or an error,
+# or the PyTorch code.
+KERNEL_IMPLS = ("auto", "ext", "torch")
 
 
 def nvcc_path() -> str | None:
@@ -123,3 +129,25 @@ def _summary(err: Exception, limit: int = 300) -> str:
 def available() -> bool:
     """True when `load()` gives the compiled extension."""
     return load() is not None
+
+
+def kernels_for(x: torch.Tensor, impl: str, what: str) -> ModuleType | None:
+    """The compiled module that runs `x`, or None for the PyTorch code path.
+
+    impl "torch": None. "auto": the module when it is built and has kernels for x's device (CPU,
+    or CUDA when built with CUDA), else None. "ext": the same module, or an SkdError naming
+    `what` (the caller, e.g. "inplace_abn") when it cannot run x.
+    """
+    if impl not in KERNEL_IMPLS:
+        raise SkdError(f"{what} impl={impl!r}: unknown; use one of {', '.join(KERNEL_IMPLS)}")
+    if impl == "torch":
+        return None
+    module = load()
+    if module is not None and x.device.type in ("cpu", "cuda") and (not x.is_cuda or module.with_cuda):
+        return module
+    if impl == "ext":
+        raise SkdError(
+            f"{what} impl='ext': the skd extension is not available for {x.device} tensors "
+            "(see the warning above, or run `python libs/build.py`); use impl='auto'"
+        )
+    return None

@@ -15,9 +15,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from skd import ext
-from skd.errors import SkdError
 
-IMPLS = ("auto", "ext", "torch")
 # Fallback: elements of one (B, rows, N) block of the graph difference, 16 MiB in float32.
 _BLOCK_ELEMENTS = 1 << 22
 
@@ -77,8 +75,6 @@ def affinity_distance(s: Tensor, t: Tensor, impl: str = "auto") -> Tensor:
     normally detached, and then no gradient is computed for it); not twice differentiable.
     `impl`: "auto" (extension when built, else PyTorch), "ext" or "torch".
     """
-    if impl not in IMPLS:
-        raise SkdError(f"affinity_distance impl={impl!r}: unknown; use one of {', '.join(IMPLS)}")
     if s.dim() != 3 or t.dim() != 3 or s.shape[:2] != t.shape[:2]:
         raise ValueError(
             f"affinity_distance: s {tuple(s.shape)} and t {tuple(t.shape)} must be (B, N, Cs) and (B, N, Ct)"
@@ -87,15 +83,6 @@ def affinity_distance(s: Tensor, t: Tensor, impl: str = "auto") -> Tensor:
         raise ValueError(f"affinity_distance: s on {s.device} but t on {t.device}")
     dtype = torch.float64 if torch.float64 in (s.dtype, t.dtype) else torch.float32
     s, t = s.to(dtype), t.to(dtype)
-    module = None
-    if impl != "torch":
-        module = ext.load()
-        if module is not None and (s.device.type not in ("cpu", "cuda") or (s.is_cuda and not module.with_cuda)):
-            module = None
-        if module is None and impl == "ext":
-            raise SkdError(
-                f"affinity_distance impl='ext': the skd extension is not available for {s.device} tensors "
-                "(see the warning above, or run `python libs/build.py`); use impl='auto'"
-            )
+    module = ext.kernels_for(s, impl, "affinity_distance")
     grad_enabled = torch.is_grad_enabled()
     return _AffinityDistance.apply(s, t, grad_enabled and s.requires_grad, grad_enabled and t.requires_grad, module)

@@ -30,14 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from skd.nn.inplace_abn import (
-    ACTIVATIONS,
-    InPlaceABN,
-    _abn_backward,
-    _abn_forward_,
-    _choose_ops,
-    _keep_for_backward,
-)
+from skd.nn.inplace_abn import ABN_ACTIVATIONS, InPlaceABN, abn_backward, abn_forward_, keep_for_backward, ops_for
 
 
 class _ReLUConv2d(torch.autograd.Function):
@@ -111,15 +104,15 @@ class _ABNAdd(torch.autograd.Function):
         sync: bool,
         impl: str,
     ) -> Tensor:
-        ops = _choose_ops(x, impl)
-        act = ACTIVATIONS["identity"]
-        invstd, count, distributed = _abn_forward_(
+        ops = ops_for(x, impl)
+        act = ABN_ACTIVATIONS["identity"]
+        invstd, count, distributed = abn_forward_(
             x, weight, bias, running_mean, running_var, training, momentum, eps, act, 0.0, group, sync, ops
         )
         x.add_(F.relu(residual) if relu_residual else residual)
         ctx.mark_dirty(x)
         ctx.save_for_backward(x, residual, weight, bias, invstd)
-        _keep_for_backward(ctx, ops, act, 0.0, training, count, distributed, group)
+        keep_for_backward(ctx, ops, act, 0.0, training, count, distributed, group)
         ctx.relu_residual = relu_residual
         return x
 
@@ -130,8 +123,8 @@ class _ABNAdd(torch.autograd.Function):
         shortcut = F.relu(residual) if ctx.relu_residual else residual
         y = s - shortcut
         del shortcut
-        # _abn_backward reads needs_input_grad[:3] as (x, weight, bias): the first three inputs.
-        dx, grad_w, grad_b = _abn_backward(ctx, y, ds, weight, bias, invstd)
+        # abn_backward reads needs_input_grad[:3] as (x, weight, bias): the first three inputs.
+        dx, grad_w, grad_b = abn_backward(ctx, y, ds, weight, bias, invstd)
         d_residual = None
         if ctx.needs_input_grad[3]:
             d_residual = ds.masked_fill(residual <= 0, 0) if ctx.relu_residual else ds

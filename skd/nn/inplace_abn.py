@@ -33,7 +33,6 @@ Read by `skd.nn.norm.make_norm` ("inplace_abn", "inplace_abn_sync").
 from __future__ import annotations
 
 import logging
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -43,12 +42,12 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from skd import ext
 from skd.errors import SkdError
+from skd.parallel import world_size
 
 logger = logging.getLogger(__name__)
 
-# Activation name -> code of skd::Activation in libs/src/skd_ext.h.
-ACTIVATIONS = {"identity": 0, "leaky_relu": 1, "elu": 2}
-IMPLS = ("auto", "ext", "torch")
+# Activation name -> code of skd::Activation in libs/src/skd_ext.h (the invertible ones only).
+ABN_ACTIVATIONS = {"identity": 0, "leaky_relu": 1, "elu": 2}
 
 
 def _stat_dtype(x: Tensor) -> torch.dtype:
@@ -77,9 +76,9 @@ class _TorchOps:
     def abn_forward_(x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor, bias: Tensor, act: int, param: float) -> None:
         scale = invstd * weight
         x.mul_(_per_channel(scale, x)).add_(_per_channel(bias - mean * scale, x))
-        if act == ACTIVATIONS["leaky_relu"]:
+        if act == ABN_ACTIVATIONS["leaky_relu"]:
             torch.nn.functional.leaky_relu_(x, param)
-        elif act == ACTIVATIONS["elu"]:
+        elif act == ABN_ACTIVATIONS["elu"]:
             torch.nn.functional.elu_(x, param)
 
     @staticmethod
@@ -87,9 +86,9 @@ class _TorchOps:
         """(xhat, dy): the normalised input and the gradient before the activation."""
         z, dz = z.to(weight.dtype), dz.to(weight.dtype)
         y, dy = z, dz
-        if act != ACTIVATIONS["identity"]:
+        if act != ABN_ACTIVATIONS["identity"]:
             negative = z < 0
-            if act == ACTIVATIONS["leaky_relu"]:
+            if act == ABN_ACTIVATIONS["leaky_relu"]:
                 y = torch.where(negative, z / param, z)
                 dy = torch.where(negative, dz * param, dz)
             else:
@@ -115,28 +114,9 @@ class _TorchOps:
         return dx.to(z.dtype)
 
 
-def _choose_ops(x: Tensor, impl: str) -> Any:
-    """The extension module (when built, and with CUDA kernels for a CUDA x) or `_TorchOps`."""
-    if impl not in IMPLS:
-        raise SkdError(f"inplace_abn impl={impl!r}: unknown; use one of {', '.join(IMPLS)}")
-    if impl == "torch":
-        return _TorchOps
-    module: ModuleType | None = ext.load()
-    usable = module is not None and x.device.type in ("cpu", "cuda") and (not x.is_cuda or module.with_cuda)
-    if usable:
-        return module
-    if impl == "ext":
-        raise SkdError(
-            f"inplace_abn impl='ext': the skd extension is not available for {x.device} tensors "
-            "(see the warning above, or run `python libs/build.py`); use impl='auto'"
-        )
-    return _TorchOps
-
-
-def _world_size(group: dist.ProcessGroup | None) -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(group)
-    return 1
+def ops_for(x: Tensor, impl: str) -> Any:
+    """The extension module when it can run x (`skd.ext.kernels_for`), else `_TorchOps`."""
+    return ext.kernels_for(x, impl, "inplace_abn") or _TorchOps
 
 
 def _global_stats(mean: Tensor, var: Tensor, count: int, group: dist.ProcessGroup | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -159,7 +139,7 @@ def _global_stats(mean: Tensor, var: Tensor, count: int, group: dist.ProcessGrou
     return g_mean.to(mean.dtype), g_var.to(var.dtype), total
 
 
-def _abn_forward_(
+def abn_forward_(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
@@ -184,7 +164,7 @@ def _abn_forward_(
     b = bias.detach().to(stat_dtype).contiguous()
     # The kernels want contiguous memory; other layouts run on a copy that is copied back.
     work = x if ops is _TorchOps or x.is_contiguous() else x.contiguous()
-    distributed = sync and training and _world_size(group) > 1
+    distributed = sync and training and world_size(group) > 1
 
     if training:
         count: int | Tensor = x.numel() // x.shape[1]
@@ -212,17 +192,17 @@ def _abn_forward_(
     return invstd, count, distributed
 
 
-def _keep_for_backward(ctx: Any, ops: Any, act: int, slope: float, training: bool, count: int | Tensor,
+def keep_for_backward(ctx: Any, ops: Any, act: int, slope: float, training: bool, count: int | Tensor,
                        distributed: bool, group: dist.ProcessGroup | None) -> None:
-    """Store on ctx what `_abn_backward` reads besides the saved tensors."""
+    """Store on ctx what `abn_backward` reads besides the saved tensors."""
     ctx.ops, ctx.act, ctx.slope, ctx.training = ops, act, slope, training
     ctx.count, ctx.distributed, ctx.group = count, distributed, group
 
 
-def _abn_backward(ctx: Any, z: Tensor, dz: Tensor, weight: Tensor, bias: Tensor, invstd: Tensor) -> tuple[Tensor | None, ...]:
+def abn_backward(ctx: Any, z: Tensor, dz: Tensor, weight: Tensor, bias: Tensor, invstd: Tensor) -> tuple[Tensor | None, ...]:
     """(dx, dweight, dbias) of act(batch_norm(x)) from its output z and the output gradient dz.
 
-    `ctx` carries what `_abn_forward_` decided (ops, act, slope, training, count, distributed,
+    `ctx` carries what `abn_forward_` decided (ops, act, slope, training, count, distributed,
     group) and `needs_input_grad` for (x, weight, bias) in its first three entries.
     """
     ops = ctx.ops
@@ -278,28 +258,28 @@ class _InPlaceABNFunction(torch.autograd.Function):
         sync: bool,
         impl: str,
     ) -> Tensor:
-        ops = _choose_ops(x, impl)
-        act = ACTIVATIONS[activation]
-        invstd, count, distributed = _abn_forward_(
+        ops = ops_for(x, impl)
+        act = ABN_ACTIVATIONS[activation]
+        invstd, count, distributed = abn_forward_(
             x, weight, bias, running_mean, running_var, training, momentum, eps, act, slope, group, sync, ops
         )
         ctx.mark_dirty(x)
         # x now holds the output: the only activation-sized tensor kept for backward.
         ctx.save_for_backward(x, weight, bias, invstd)
-        _keep_for_backward(ctx, ops, act, slope, training, count, distributed, group)
+        keep_for_backward(ctx, ops, act, slope, training, count, distributed, group)
         return x
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dz: Tensor) -> tuple[Tensor | None, ...]:
         z, weight, bias, invstd = ctx.saved_tensors
-        return _abn_backward(ctx, z, dz, weight, bias, invstd) + (None,) * 10
+        return abn_backward(ctx, z, dz, weight, bias, invstd) + (None,) * 10
 
 
-def _check_options(num_features: int, activation: str, slope: float, momentum: float) -> None:
-    if activation not in ACTIVATIONS:
+def check_abn_options(num_features: int, activation: str, slope: float, momentum: float) -> None:
+    if activation not in ABN_ACTIVATIONS:
         hint = " (ReLU is not invertible: use 'identity' then nn.ReLU, or 'leaky_relu')" if activation == "relu" else ""
-        raise SkdError(f"InPlace-ABN activation {activation!r}: unsupported{hint}; use one of {', '.join(ACTIVATIONS)}")
+        raise SkdError(f"InPlace-ABN activation {activation!r}: unsupported{hint}; use one of {', '.join(ABN_ACTIVATIONS)}")
     if activation != "identity" and not slope > 0:
         raise SkdError(f"InPlace-ABN {activation} with slope {slope}: must be > 0 so that backward can invert it")
     if num_features < 1:
@@ -330,7 +310,7 @@ def inplace_abn(
     statistics. With `sync`, training statistics cover all ranks of `group` (default group).
     `impl`: "auto" (extension when built, else PyTorch), "ext" or "torch".
     """
-    _check_options(weight.numel(), activation, slope, momentum)
+    check_abn_options(weight.numel(), activation, slope, momentum)
     if x.dim() < 2 or x.shape[1] != weight.numel():
         raise ValueError(f"inplace_abn: input of shape {tuple(x.shape)}; expected (B, {weight.numel()}, *)")
     return _InPlaceABNFunction.apply(
@@ -356,7 +336,7 @@ class InPlaceABN(nn.Module):
         momentum: float = 0.1,
     ) -> None:
         super().__init__()
-        _check_options(num_features, activation, slope, momentum)
+        check_abn_options(num_features, activation, slope, momentum)
         self.num_features = num_features
         self.activation = activation
         self.slope = slope

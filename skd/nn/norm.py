@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from skd.errors import SkdError
+from skd.parallel import world_size
 
-ACTIVATIONS = ("leaky_relu", "elu", "relu", "identity")
+NORM_ACTIVATIONS = ("leaky_relu", "elu", "relu", "identity")
 NORMS = ("bn", "syncbn", "inplace_abn", "inplace_abn_sync")
 
 
@@ -44,8 +45,8 @@ class BatchNormAct2d(nn.BatchNorm2d):
         eps: float = 1e-5,
         momentum: float | None = 0.1,
     ) -> None:
-        if activation not in ACTIVATIONS:
-            raise SkdError(f"norm activation {activation!r}: unknown; use one of {', '.join(ACTIVATIONS)}")
+        if activation not in NORM_ACTIVATIONS:
+            raise SkdError(f"norm activation {activation!r}: unknown; use one of {', '.join(NORM_ACTIVATIONS)}")
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.activation = activation
         self.slope = slope
@@ -78,13 +79,6 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-def distributed_world_size() -> int:
-    """Size of the default process group, or 1 when torch.distributed is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
 class SyncBatchNormAct2d(BatchNormAct2d):
     """BatchNormAct2d whose training-mode statistics cover the whole global batch.
 
@@ -96,7 +90,7 @@ class SyncBatchNormAct2d(BatchNormAct2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or distributed_world_size() == 1:
+        if not self.training or world_size() == 1:
             return super().forward(x)
         if x.dim() != 4:
             raise ValueError(f"SyncBatchNormAct2d expects (B, C, H, W), got shape {tuple(x.shape)}")
