@@ -1,5 +1,6 @@
-"""Task and distillation losses, as pure functions of tensors plus thin modules holding their
-hyper-parameters. The training step (skd.engine) reads these and applies the lambdas.
+"""Task and distillation losses, as pure functions of tensors (and the connector modules that
+map a student's features to the teacher's channels). The training step (skd.engine.steps) calls
+them through the term list of skd.engine.terms, which also holds their weights.
 
 | term | function | reduction over the batch |
 | --- | --- | --- |
@@ -21,21 +22,16 @@ Under DistributedDataParallel (gradients averaged over K ranks, each with B/K im
 - batch means, exact under DDP as they are: task, pair-wise, holistic (including the gradient
   penalty), CWD and KD.
 """
-from skd.losses.cwd import ChannelWiseLoss, Connector, channel_wise_loss
-from skd.losses.dist import DISTLoss, dist_loss
+from skd.losses.cwd import Connector, channel_wise_loss
+from skd.losses.dist import dist_loss
 from skd.losses.holistic import discriminator_loss, generator_loss, gradient_penalty
-from skd.losses.kd import KDLoss, kd_loss
-from skd.losses.pair_wise import PairWiseLoss, choose_impl, pair_wise_loss
-from skd.losses.pixel_wise import PixelWiseLoss, pixel_wise_loss
+from skd.losses.kd import kd_loss
+from skd.losses.pair_wise import choose_impl, pair_wise_loss
+from skd.losses.pixel_wise import pixel_wise_loss
 from skd.losses.task import cross_entropy_2d, ohem_cross_entropy_2d, task_loss
 
 __all__ = [
-    "ChannelWiseLoss",
     "Connector",
-    "DISTLoss",
-    "KDLoss",
-    "PairWiseLoss",
-    "PixelWiseLoss",
     "channel_wise_loss",
     "choose_impl",
     "cross_entropy_2d",

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skd.losses.pixel_wise import _check_same_shape, _upcast
+from skd.losses.common import check_same_shape, upcast
+from skd.nn.norm import BatchNormAct2d
 
 
 def channel_wise_loss(student: Tensor, teacher: Tensor, tau: float = 4.0) -> Tensor:
@@ -17,37 +18,33 @@ def channel_wise_loss(student: Tensor, teacher: Tensor, tau: float = 4.0) -> Ten
     first when they differ). The teacher is detached. Returns a scalar, a mean over images and
     channels.
     """
-    _check_same_shape(student, teacher, "channel_wise_loss")
+    check_same_shape(student, teacher, "channel_wise_loss")
     if tau <= 0:
         raise ValueError(f"channel_wise_loss: tau={tau} must be > 0")
     b, c, _, _ = student.shape
-    log_p_s = F.log_softmax(_upcast(student).flatten(2) / tau, dim=2)
-    log_p_t = F.log_softmax(_upcast(teacher.detach()).flatten(2) / tau, dim=2)
+    log_p_s = F.log_softmax(upcast(student).flatten(2) / tau, dim=2)
+    log_p_t = F.log_softmax(upcast(teacher.detach()).flatten(2) / tau, dim=2)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum()
     return kl * tau**2 / (b * c)
 
 
 class Connector(nn.Module):
-    """1x1 conv (no bias) + norm mapping student features (B, Cin, H, W) to the teacher's Cout channels."""
+    """CWD's feature connector, (B, Cin, H, W) student features -> (B, Cout, H, W).
 
-    def __init__(self, in_channels: int, out_channels: int, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+    As TorchDistiller builds it (SemSeg-distill/networks/kd_model.py, lines 113-117): a 1x1
+    convolution without bias, InPlace-ABN with its default leaky ReLU (slope 0.01), then a ReLU.
+    relu(leaky_relu(y)) = relu(y), so it computes conv -> batch norm -> ReLU. `norm_layer` is a
+    constructor `(channels, activation=, slope=)` (`skd.nn.norm.make_norm`, so --norm applies);
+    the default is BatchNorm + activation. TorchDistiller leaves the connector's learning rate at
+    lr_g (its poly schedule sets only the student's parameter group); skd decays it with the
+    student.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, norm_layer=BatchNormAct2d) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
-        self.norm = norm_layer(out_channels)
+        self.norm = norm_layer(out_channels, activation="leaky_relu", slope=0.01)
+        self.relu = nn.ReLU(inplace=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.conv(x))
-
-
-class ChannelWiseLoss(nn.Module):
-    """Holds tau for `channel_wise_loss`."""
-
-    def __init__(self, tau: float = 4.0) -> None:
-        super().__init__()
-        self.tau = tau
-
-    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return channel_wise_loss(student, teacher, self.tau)
-
-    def extra_repr(self) -> str:
-        return f"tau={self.tau}"
+        return self.relu(self.norm(self.conv(x)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skd.losses.pixel_wise import _check_same_shape, _upcast
+from skd.losses.common import check_same_shape, upcast
 
 
 def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
@@ -30,28 +30,12 @@ def dist_loss(
     segmentation version has no temperature, i.e. tau = 1, where the factor is 1. The intra term
     correlates over every pixel of the batch given, so under DDP it is per rank. Returns a scalar.
     """
-    _check_same_shape(student_logits, teacher_logits, "dist_loss")
+    check_same_shape(student_logits, teacher_logits, "dist_loss")
     if tau <= 0:
         raise ValueError(f"dist_loss: tau={tau} must be > 0")
     k = student_logits.shape[1]
-    p_s = F.softmax(_upcast(student_logits) / tau, dim=1).permute(0, 2, 3, 1).reshape(-1, k)
-    p_t = F.softmax(_upcast(teacher_logits.detach()) / tau, dim=1).permute(0, 2, 3, 1).reshape(-1, k)
+    p_s = F.softmax(upcast(student_logits) / tau, dim=1).permute(0, 2, 3, 1).reshape(-1, k)
+    p_t = F.softmax(upcast(teacher_logits.detach()) / tau, dim=1).permute(0, 2, 3, 1).reshape(-1, k)
     inter = 1.0 - _pearson_rows(p_s, p_t).mean()
     intra = 1.0 - _pearson_rows(p_s.t(), p_t.t()).mean()
     return tau**2 * (beta * inter + gamma * intra)
-
-
-class DISTLoss(nn.Module):
-    """Holds beta, gamma and tau for `dist_loss`."""
-
-    def __init__(self, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0) -> None:
-        super().__init__()
-        self.beta = beta
-        self.gamma = gamma
-        self.tau = tau
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return dist_loss(student_logits, teacher_logits, self.beta, self.gamma, self.tau)
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta}, gamma={self.gamma}, tau={self.tau}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skd.losses.pixel_wise import _check_same_shape, _upcast
+from skd.losses.common import check_same_shape, upcast
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
@@ -15,25 +15,11 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     `student_logits`, `teacher_logits`: (B, C, H, W), same size; the teacher is detached.
     Returns a scalar.
     """
-    _check_same_shape(student_logits, teacher_logits, "kd_loss")
+    check_same_shape(student_logits, teacher_logits, "kd_loss")
     if temperature <= 0:
         raise ValueError(f"kd_loss: temperature={temperature} must be > 0")
     b, _, h, w = student_logits.shape
-    log_p_s = F.log_softmax(_upcast(student_logits) / temperature, dim=1)
-    log_p_t = F.log_softmax(_upcast(teacher_logits.detach()) / temperature, dim=1)
+    log_p_s = F.log_softmax(upcast(student_logits) / temperature, dim=1)
+    log_p_t = F.log_softmax(upcast(teacher_logits.detach()) / temperature, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum()
     return kl * temperature**2 / (b * h * w)
-
-
-class KDLoss(nn.Module):
-    """Holds the temperature for `kd_loss`."""
-
-    def __init__(self, temperature: float = 4.0) -> None:
-        super().__init__()
-        self.temperature = temperature
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return kd_loss(student_logits, teacher_logits, self.temperature)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"

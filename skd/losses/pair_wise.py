@@ -7,31 +7,19 @@ the rule in `choose_impl`, measured by scripts/benchmark_losses.py.
 """
 from __future__ import annotations
 
-import functools
-import logging
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-logger = logging.getLogger(__name__)
+from skd.nn.affinity import affinity_distance
 
-IMPLS = ("auto", "naive", "gram", "ext")
+PAIR_WISE_IMPLS = ("auto", "naive", "gram", "ext")
 POOLS = ("max", "avg")
 
-# choose_impl: "gram" once N > max(GRAM_MIN_NODES[device], GRAM_FACTOR * W) with
-# W = (Cs^2 + Cs*Ct + Ct^2) / (Cs + Ct), the gram path's float64 work per node over the naive
-# path's float32 work per node pair. Crossovers from scripts/benchmark_losses.py (forward +
-# backward, batch 8; docs/benchmarks.md "losses-cpu"):
-#   CPU, 1 thread:  Cs=Ct=128 (W=192):       naive at N<=256, gram at N>=576
-#                   Cs=128, Ct=512 (W=538):  naive at N<=576, gram at N>=1024
-#                   Cs=Ct=512 (W=768):       naive at N<=576, even at 1024, gram at N>=1089
-#                   -> crossover ~1.4 W in all three.
-#   CUDA (H100), same script with an earlier revision of the gram path (same chunks, backward
-#   recomputing the norms): naive faster up to N=1089 and gram from N=2304 for all three
-#   channel pairs. gram costs ~1 ms of kernel launches there whatever the size, hence a floor
-#   on N; the current path launches fewer kernels, so the floor errs towards naive.
+# choose_impl's rule: "gram" once N > max(GRAM_MIN_NODES[device], GRAM_FACTOR * W), with
+# W = (Cs^2 + Cs*Ct + Ct^2) / (Cs + Ct) the gram path's float64 work per node over the naive
+# path's float32 work per node pair. The constants come from scripts/benchmark_losses.py; the
+# measurements behind them are in docs/benchmarks.md ("Pair-wise: how auto chooses").
 GRAM_FACTOR = 1.4
 GRAM_MIN_NODES = {"cpu": 0, "cuda": 1536}
 
@@ -44,15 +32,15 @@ def node_kernel(h: int, w: int, pool_scale: float = 0.5, node_size: int | None =
     return max(1, int(h * pool_scale)), max(1, int(w * pool_scale))
 
 
-def _check_options(pool_scale: float, node_size: int | None, pool: str, impl: str) -> None:
+def check_pair_wise_options(pool_scale: float, node_size: int | None, pool: str, impl: str) -> None:
     if not 0.0 < pool_scale <= 1.0:
         raise ValueError(f"--pool-scale {pool_scale}: must be in (0, 1] (the original uses 0.5)")
     if node_size is not None and node_size < 1:
         raise ValueError(f"pair_wise_loss: node_size={node_size} must be >= 1 feature pixel")
     if pool not in POOLS:
         raise ValueError(f"pair_wise_loss: pool={pool!r}; expected one of {POOLS}")
-    if impl not in IMPLS:
-        raise ValueError(f"pair_wise_loss: impl={impl!r}; expected one of {IMPLS}")
+    if impl not in PAIR_WISE_IMPLS:
+        raise ValueError(f"pair_wise_loss: impl={impl!r}; expected one of {PAIR_WISE_IMPLS}")
 
 
 def _contiguous_grad(grad: Tensor | None) -> Tensor | None:
@@ -98,9 +86,9 @@ def graph_distance_naive(s: Tensor, t: Tensor) -> Tensor:
 
 # Nodes per float64 chunk in the gram path: this many float64 values (16 MiB on CPU, 32 MiB on
 # CUDA) of student and teacher nodes together, so that no float64 or normalised copy of a large
-# node map is ever held. On CUDA, where each chunk costs ~20 kernel launches and the H100 runs
-# showed the gram path bound by launches, a map of up to _ONE_CHUNK_VALUES (64 MiB in float64;
-# 8 x 4096 nodes x 128 + 128 channels) is taken whole.
+# node map is ever held. On CUDA, where each chunk costs ~20 kernel launches, a map of up to
+# _ONE_CHUNK_VALUES (64 MiB in float64; 8 x 4096 nodes x 128 + 128 channels) is taken whole
+# (docs/benchmarks.md, "Pair-wise: how auto chooses").
 _CHUNK_VALUES = {"cpu": 2**21, "cuda": 2**22}
 _ONE_CHUNK_VALUES = {"cpu": 2**21, "cuda": 2**23}
 
@@ -182,18 +170,6 @@ def graph_distance_gram(s_nodes: Tensor, t_nodes: Tensor) -> Tensor:
     return _GramDistance.apply(s_nodes, t_nodes.detach())
 
 
-@functools.lru_cache(maxsize=None)
-def _load_affinity_distance() -> Callable[[Tensor, Tensor], Tensor] | None:
-    # Cached: the warning is logged once per process, and the import (which may build the
-    # extension) is tried once.
-    try:
-        from skd.nn.affinity import affinity_distance
-    except (ImportError, OSError, RuntimeError) as err:  # missing module, or its build failed
-        logger.warning("pair_wise_loss impl='ext': skd.nn.affinity is unavailable (%s); using impl='gram'", err)
-        return None
-    return affinity_distance
-
-
 def choose_impl(num_nodes: int, student_channels: int, teacher_channels: int, device: torch.device) -> str:
     """The faster exact implementation for this size: "naive" for small graphs, else "gram".
 
@@ -228,7 +204,7 @@ def pair_wise_loss(
     autocast off. `impl` chooses how ("naive", "gram", "ext", or "auto" = `choose_impl`); all
     give the same value up to rounding. Returns a scalar, a batch mean.
     """
-    _check_options(pool_scale, node_size, pool, impl)
+    check_pair_wise_options(pool_scale, node_size, pool, impl)
     if (
         student_feat.dim() != 4
         or teacher_feat.dim() != 4
@@ -248,10 +224,7 @@ def pair_wise_loss(
         num_nodes = s.shape[1]
         if impl == "auto":
             impl = choose_impl(num_nodes, s.shape[2], t.shape[2], s.device)
-        if impl == "ext":
-            affinity_distance = _load_affinity_distance()
-            impl = "gram" if affinity_distance is None else "ext"
-        if impl == "ext":
+        if impl == "ext":  # the compiled kernels, or their PyTorch twin where none are built
             s, t = normalise_nodes(s.float()), normalise_nodes(t.float())
             per_image = affinity_distance(s.contiguous(), t.contiguous())
         elif impl == "gram":
@@ -260,24 +233,3 @@ def pair_wise_loss(
             per_image = graph_distance_naive(normalise_nodes(s), normalise_nodes(t))
         loss = per_image.sum() / (num_nodes * num_nodes) / batch
     return loss.to(compute_dtype)
-
-
-class PairWiseLoss(nn.Module):
-    """Holds the node granularity and implementation for `pair_wise_loss`."""
-
-    def __init__(
-        self, pool_scale: float = 0.5, node_size: int | None = None, pool: str = "max", impl: str = "auto"
-    ) -> None:
-        super().__init__()
-        _check_options(pool_scale, node_size, pool, impl)
-        self.pool_scale = pool_scale
-        self.node_size = node_size
-        self.pool = pool
-        self.impl = impl
-
-    def forward(self, student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
-        return pair_wise_loss(student_feat, teacher_feat, self.pool_scale, self.node_size, self.pool, self.impl)
-
-    def extra_repr(self) -> str:
-        granularity = f"node_size={self.node_size}" if self.node_size is not None else f"pool_scale={self.pool_scale}"
-        return f"{granularity}, pool={self.pool!r}, impl={self.impl!r}"

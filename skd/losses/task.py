@@ -6,10 +6,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _upsample_to(logits: Tensor, size: tuple[int, int]) -> Tensor:
+def _upsample_to(logits: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 def _masked_mean_ce(logits: Tensor, label: Tensor, ignore_index: int) -> Tensor:
@@ -20,15 +20,16 @@ def _masked_mean_ce(logits: Tensor, label: Tensor, ignore_index: int) -> Tensor:
     return total / count
 
 
-def cross_entropy_2d(logits: Tensor, label: Tensor, ignore_index: int = 255) -> Tensor:
+def cross_entropy_2d(logits: Tensor, label: Tensor, ignore_index: int = 255, align_corners: bool = True) -> Tensor:
     """Mean cross-entropy over the labelled pixels, logits upsampled to the label.
 
-    `logits`: (B, C, h, w), upsampled bilinearly with align_corners=True to `label`'s (H, W);
+    `logits`: (B, C, h, w), upsampled bilinearly to `label`'s (H, W) (align_corners=True is the
+    original's; mmseg's networks use False);
     `label`: (B, H, W) integer class ids, `ignore_index` excluded. Returns a scalar:
     sum over labelled pixels of -log softmax(logits)[label] / number of labelled pixels
     (0 when no pixel is labelled).
     """
-    logits = _upsample_to(logits, label.shape[-2:])
+    logits = _upsample_to(logits, label.shape[-2:], align_corners)
     return _masked_mean_ce(logits, label.long(), ignore_index)
 
 
@@ -38,6 +39,7 @@ def ohem_cross_entropy_2d(
     thresh: float = 0.7,
     min_kept: int = 100000,
     ignore_index: int = 255,
+    align_corners: bool = True,
 ) -> Tensor:
     """Online hard example mining cross-entropy (the original `OhemCrossEntropy2d`).
 
@@ -55,7 +57,7 @@ def ohem_cross_entropy_2d(
         raise ValueError(f"ohem_cross_entropy_2d: thresh={thresh} must be in (0, 1]")
     if min_kept < 0:
         raise ValueError(f"ohem_cross_entropy_2d: min_kept={min_kept} must be >= 0")
-    logits = _upsample_to(logits, label.shape[-2:])
+    logits = _upsample_to(logits, label.shape[-2:], align_corners)
     label = label.long()
     with torch.no_grad():
         valid = label != ignore_index
@@ -81,19 +83,21 @@ def task_loss(
     ignore_index: int = 255,
     ohem_thresh: float | None = None,
     ohem_min_kept: int = 100000,
+    align_corners: bool = True,
 ) -> Tensor:
     """Student task loss: CE(logits) + aux_weight * CE(aux_logits).
 
     `logits`, `aux_logits`: (B, C, h, w) (the DSN head's `aux_logits` may be None: no aux term);
-    `label`: (B, H, W). Both are upsampled bilinearly (align_corners=True) to the label size and
+    `label`: (B, H, W). Both are upsampled bilinearly (`align_corners`, the network's convention:
+    True for the original's) to the label size and
     averaged over labelled pixels (`cross_entropy_2d`). With `ohem_thresh` set, the main logits
     use `ohem_cross_entropy_2d(thresh=ohem_thresh, min_kept=ohem_min_kept)` and the aux logits
     stay plain cross-entropy, as in the original `CriterionOhemDSN`. Returns a scalar.
     """
     if ohem_thresh is None:
-        loss = cross_entropy_2d(logits, label, ignore_index)
+        loss = cross_entropy_2d(logits, label, ignore_index, align_corners)
     else:
-        loss = ohem_cross_entropy_2d(logits, label, ohem_thresh, ohem_min_kept, ignore_index)
+        loss = ohem_cross_entropy_2d(logits, label, ohem_thresh, ohem_min_kept, ignore_index, align_corners)
     if aux_logits is not None:
-        loss = loss + aux_weight * cross_entropy_2d(aux_logits, label, ignore_index)
+        loss = loss + aux_weight * cross_entropy_2d(aux_logits, label, ignore_index, align_corners)
     return loss
