@@ -4,13 +4,13 @@ versus fast settings; writes the "step-<device>" section of docs/benchmarks.md a
 Three phases, each case in a fresh subprocess (its memory and compiled code are its own):
 
 * step: the real `skd.engine.steps.train_step` with --pi --pa --ho, on the objects skd-train
-  builds (`skd.train.build_training` and `compile_forwards`, `autocast_factory`): R101 teacher
+  builds (`skd.engine.build.build_training` and `compile_forwards`, `autocast_factory`): R101 teacher
   forward in inference mode, R18 student forward/backward, G step, discriminator step with the
   gradient penalty. Synthetic input (random mean-subtracted image, random labels); images/s =
   batch / step time.
 * eval: `skd.engine.evaluate.evaluate` (mode whole, single scale, no flip, the original's
   validation) of the student on one image of --eval-size per call; images/s = 1 / time per call.
-* data: skd-train's own loader (`skd.train.build_train_loader`: --workers processes, pinned
+* data: skd-train's own loader (`skd.engine.build.build_train_loader`: --workers processes, pinned
   memory on CUDA, OpenCV threads off in the workers) over synthetic 1024x2048 PNGs (--data-size),
   with the training crop and batch; images/s over the whole pass after the first batch, set
   against the fastest step to say whether loading keeps up. Run once: no setting changes it.
@@ -21,12 +21,13 @@ times slower, and the fastest iteration is the least disturbed (every iteration 
 work).
 
 Weights are random (nothing is downloaded): the parent writes a random student and teacher with
-`skd.train.save_model`, after one forward in train mode on a random batch so that the eval-mode
+`skd.engine.checkpoint.save_model`, after one forward in train mode on a random batch so that the eval-mode
 BatchNorm statistics keep the activations at a realistic scale (uncalibrated, the eval-mode
 logits of a random R101 reach about 10^5). The children load them through
 --restore-from / --teacher-ckpt, as skd-train does.
 
-Settings: "plain" is float32, eager, contiguous (the original recipe); "fast" is --amp bf16
+Settings: "plain" is true float32 (TF32 off: skd-train's --tf32 False default, the original's
+numerics), eager, contiguous; "fast" is --amp bf16
 --channels-last --compile (and cudnn.benchmark on CUDA); on the CPU each switch also runs alone
 (amp-bf16, channels-last, compile), so the table says which of them pay. With --repeats R every
 case runs R times, interleaved with the others, and the fastest run is kept (on a shared machine
@@ -69,7 +70,7 @@ SETTINGS: dict[str, dict] = {
     "fast": {"amp": "bf16", "channels_last": True, "compile": True, "cudnn_benchmark": True},
 }
 DESCRIBE = {
-    "plain": "float32, eager, contiguous",
+    "plain": "float32 (TF32 off), eager, contiguous",
     "amp-bf16": "--amp bf16",
     "channels-last": "--channels-last",
     "compile": "--compile",
@@ -132,10 +133,10 @@ def run_case(case: dict) -> dict:
     """One setting, one phase: build as skd-train does, warm up, time, measure the peak memory."""
     import logging
 
-    from skd.engine.evaluate import evaluate
-    from skd.engine.runtime import autocast_factory
+    from skd.engine.build import build_student, build_training, compile_forwards
+    from skd.engine.evaluate import Inference, evaluate
+    from skd.engine.runtime import autocast_factory, configure_numerics
     from skd.engine.steps import StepConfig, train_step
-    from skd.train import build_student, build_training, compile_forwards
 
     logging.getLogger("skd").setLevel(logging.WARNING)
     if case.get("threads"):
@@ -145,31 +146,30 @@ def run_case(case: dict) -> dict:
         torch.backends.cudnn.benchmark = case["cudnn_benchmark"]
     torch.manual_seed(0)
     args = train_args(case)
+    configure_numerics(args.tf32)  # plain: true float32 (TF32 off), as skd-train's default
     autocast = autocast_factory(args.amp, device)
     base_kib = rss_kib()  # the interpreter with torch and skd imported, no model yet
 
     if case["phase"] == "step":
         cfg = StepConfig.from_args(args)
         # As skd.train.run builds them.
-        m = build_training(args, cfg, device)
-        student, teacher, critic, opt_g, opt_d = m.student, m.teacher, m.critic, m.opt_g, m.opt_d
+        models, _ = build_training(args, cfg, device)
         if args.compile:
-            compile_forwards(student, teacher)
-        student.train()
+            compile_forwards(models)
+        models.student.train()
         b, crop = case["batch"], case["crop"]
-        image = (torch.randn(b, 3, crop, crop) * 50).to(device)
+        image = (110 + torch.randn(b, 3, crop, crop) * 50).to(device)  # raw BGR-like values
         label = torch.randint(0, args.num_classes, (b, crop, crop)).to(device)
-        if args.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
         terms: dict[str, float] = {}
 
         def once() -> None:
             nonlocal terms
-            terms = train_step(image, label, student, opt_g, cfg, teacher, critic, opt_d, None, autocast)
+            terms = train_step(image, label, models=models, cfg=cfg, autocast=autocast,
+                               channels_last=args.channels_last).weighted
         per_call = b
     elif case["phase"] == "data":
+        from skd.engine.build import build_train_loader, build_train_set
         from skd.engine.distributed import DistInfo
-        from skd.train import build_train_loader, build_train_set
 
         args.data_dir, args.num_workers = Path(case["data_dir"]), case["workers"]
         batches = max(DATA_MIN_BATCHES, 10 * case["workers"])
@@ -191,19 +191,19 @@ def run_case(case: dict) -> dict:
                 "images_per_s": case["batch"] * batches / elapsed, "workers": case["workers"],
                 "batches": batches, "threads": torch.get_num_threads()}
     else:
-        net = build_student(args).to(device)
+        net = build_student(args)[0].to(device)
         if args.channels_last:
             net.to(memory_format=torch.channels_last)
         if args.compile:
             net.forward = torch.compile(net.forward)
         h, w = case["eval_size"]
         # One image per call, from the CPU as a dataset item (evaluate copies it to the device).
-        sample = [((torch.randn(3, h, w) * 50), torch.randint(0, args.num_classes, (h, w)), "synthetic")]
+        sample = [((110 + torch.randn(3, h, w) * 50), torch.randint(0, args.num_classes, (h, w)), "synthetic")]
         terms = {}
+        how = Inference(crop=(case["crop"],) * 2, channels_last=args.channels_last, autocast=autocast)
 
         def once() -> None:
-            evaluate(net, sample, device, args.num_classes, mode="whole", crop=(case["crop"],) * 2,
-                     channels_last=args.channels_last, autocast=autocast)
+            evaluate(net, sample, device=device, num_classes=args.num_classes, how=how)
         per_call = 1
 
     def synced() -> float:
@@ -243,9 +243,9 @@ def run_case(case: dict) -> dict:
 
 def write_random_weights(args, workdir: Path) -> tuple[Path, Path]:
     """Random student and teacher checkpoints (skd format) with BatchNorm statistics of one
-    random batch, written with skd.train.save_model so that skd-train's loaders read them."""
+    random batch, written with skd.engine.checkpoint.save_model so that skd-train's loaders read them."""
+    from skd.engine.checkpoint import save_model
     from skd.models import build_pspnet
-    from skd.train import save_model
 
     paths = []
     size = min(args.crop, 257)  # the statistics barely depend on the size; keep the CPU pass short
@@ -287,7 +287,7 @@ def data_line(data: dict, results: dict, args) -> str:
         return f"Data loading: failed: {data['error']}"
     steps = [(r["images_per_s"], s) for s, phases in results.items() if (r := phases.get("step"))]
     workers = f"{data['workers']} worker" + ("s" if data["workers"] != 1 else "")
-    line = (f"Data loading (`skd.train.build_train_loader`, {workers}, random scale, mirror and "
+    line = (f"Data loading (`skd.engine.build.build_train_loader`, {workers}, random scale, mirror and "
             f"{args.crop}x{args.crop} crop of {args.data_size[0]}x{args.data_size[1]} PNGs of {data['png_mib']:.1f} MiB, "
             f"batch {args.batch}, "
             f"{data['batches']} batches after the first): {data['images_per_s']:.1f} images/s")

@@ -8,8 +8,9 @@ synthetic Cityscapes-format dataset, and compares the final validation mIoU:
     python scripts/parity.py --device cpu --seeds 0 1 2      # the demo's sizes, about 15 min here
     python scripts/parity.py --device cuda --seeds 0 1 2     # larger images and models
 
-Settings are scripts/benchmark.py's: "plain" is float32, eager, contiguous; "fast" is --amp bf16
---channels-last True --compile True. Both settings use the same seeds, so each seed starts from
+Settings are scripts/benchmark.py's: "plain" is true float32 (--tf32 False, TF32 off on GPUs
+that have it), eager, contiguous; "fast" is --amp bf16 --channels-last True --compile True (also
+--tf32 False: bf16 autocast decides the convolutions' precision there). Both settings use the same seeds, so each seed starts from
 the same weights and sees the same crops in the same order.
 
 Verdict: the fast mean is within noise of the plain mean when |mean_fast - mean_plain| <= 2 SE,
@@ -42,8 +43,8 @@ from bench_report import command, machine, write_section  # noqa: E402
 
 # The same settings as scripts/benchmark.py, as skd-train flags.
 SETTING_FLAGS = {
-    "plain": ["--amp", "off", "--channels-last", "False", "--compile", "False"],
-    "fast": ["--amp", "bf16", "--channels-last", "True", "--compile", "True"],
+    "plain": ["--amp", "off", "--channels-last", "False", "--compile", "False", "--tf32", "False"],
+    "fast": ["--amp", "bf16", "--channels-last", "True", "--compile", "True", "--tf32", "False"],
 }
 DISTIL = ["--pi", "True", "--pa", "True", "--ho", "True"]
 

@@ -5,35 +5,20 @@ window, any scales, optional flip; under torchrun the images are sharded over ra
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-from pathlib import Path
 
 import torch
 
 from skd.data import CLASS_NAMES, CityscapesDataset, EvalTransform
 from skd.engine.distributed import cleanup, init_distributed
-from skd.engine.evaluate import evaluate
-from skd.engine.runtime import autocast_factory, cli, setup_logging
+from skd.engine.evaluate import Inference, evaluate
+from skd.engine.runtime import autocast_factory, cli, configure_numerics, setup_logging
 from skd.metrics import format_table
 from skd.models import build_pspnet, load_weights
-from skd.options import add_data_args, add_eval_args, add_model_args, add_runtime_args
+from skd.options import eval_parser
 
 log = logging.getLogger("skd.evaluate")
-
-
-def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="skd-eval", description="mIoU of a PSPNet on a labelled split.")
-    add_data_args(p)
-    p.add_argument("--split", default="val", help="split to evaluate (default val)")
-    p.add_argument("--ckpt", type=Path, required=True, help="weights: skd checkpoint or official SKD .pth")
-    add_model_args(p)
-    add_eval_args(p)
-    p.add_argument("--out", type=Path, default=None, help="JSON file for the results (default: next to --ckpt)")
-    p.add_argument("--max-images", type=int, default=0, help="only the first N images (0 = all)")
-    add_runtime_args(p)
-    return p
 
 
 def build_model(args, device: torch.device) -> torch.nn.Module:
@@ -51,21 +36,30 @@ def build_model(args, device: torch.device) -> torch.nn.Module:
     return model
 
 
+def inference_of(args, device: torch.device) -> Inference:
+    """How skd-eval and skd-test predict, from their flags."""
+    return Inference(mode=args.mode, scales=tuple(args.scales), flip=args.flip, crop=args.input_size,
+                     average=args.ms_average, autocast=autocast_factory(args.amp, device),
+                     channels_last=args.channels_last)
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = eval_parser().parse_args(argv)
     info, device = init_distributed(args.device)
     try:
         setup_logging(info.is_main)
+        configure_numerics(args.tf32)
         dataset = CityscapesDataset(args.data_dir, args.split, args.data_list, transform=EvalTransform())
         model = build_model(args, device)
-        conf = evaluate(model, dataset, device, args.num_classes, args.mode, tuple(args.scales), args.flip,
-                        args.input_size, info.rank, info.world_size, args.max_images, progress=info.is_main,
-                        channels_last=args.channels_last, autocast=autocast_factory(args.amp, device))
+        conf = evaluate(model, dataset, device=device, num_classes=args.num_classes, how=inference_of(args, device),
+                        rank=info.rank, world_size=info.world_size, max_images=args.max_images,
+                        progress=info.is_main)
         names = CLASS_NAMES if args.num_classes == len(CLASS_NAMES) else [str(c) for c in range(args.num_classes)]
         summary = conf.summary(names)
         summary.update(ckpt=str(args.ckpt), split=args.split, mode=args.mode, scales=args.scales,
-                       flip=args.flip, images=len(dataset) if not args.max_images else args.max_images)
+                       flip=args.flip, ms_average=args.ms_average,
+                       images=len(dataset) if not args.max_images else min(args.max_images, len(dataset)))
         if info.is_main:
             print(format_table(summary))
             out = args.out or args.ckpt.with_name(args.ckpt.stem + f"_{args.split}_miou.json")

@@ -1,60 +1,69 @@
-"""Command-line flags of skd-train, skd-eval and skd-test, defined in this one place.
+"""Command-line flags of skd-train, skd-eval and skd-test, defined in this one place (the
+distillation terms' own flags come from the term list, skd.engine.terms).
 
 Flag names follow the original SKD scripts and the paper's symbols (`--lambda-pi`, `--pool-scale`,
-`--lambda-d`); booleans take the original's `True/False` values as well as a bare flag. Every flag
-is range-checked in `check_train_args` before anything is built, so a typo fails in a second,
-not after an hour of training.
+`--lambda-d`); booleans take the original's `True/False` values as well as a bare flag. Each
+flag's range is checked by its type while the command line is parsed (skd.flags), so a typo
+fails in a second, as one line naming the flag; the rules that involve several flags are in
+`check_train_args`.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import re
 from pathlib import Path
 
+import torch
+
+from skd.engine.terms import term_flags
 from skd.errors import SkdError
+from skd.flags import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, UNIT, Flag, choice, number,
+                       size_pair, str2bool, switch)
+
+__all__ = ["SkdArgumentParser", "args_to_dict", "check_train_args", "check_writable_dir", "eval_parser",
+           "logit_size", "resolve_distill_defaults", "size_pair", "str2bool", "test_parser", "train_parser"]
+
+ARCH_HELP = "backbone: resnet18 | resnet34 | resnet50 | resnet101"
 
 
-def str2bool(value: str | bool) -> bool:
-    """`True/False`, `yes/no`, `1/0` (any case) -> bool, as the original's argparse flags."""
-    if isinstance(value, bool):
-        return value
-    v = value.strip().lower()
-    if v in ("true", "t", "yes", "y", "1", "on"):
-        return True
-    if v in ("false", "f", "no", "n", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+class SkdArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one SkdError line (`--flag VALUE: why`), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        m = re.match(r"argument ([^:]+): (.*)", message, re.S)
+        if m:
+            flag = m.group(1).split("/")[-1]
+            message = f"{flag} {m.group(2)}" if not m.group(2).startswith(("invalid", "expected")) else \
+                f"{flag}: {m.group(2)}"
+        raise SkdError(f"{message} (see {self.prog} --help)")
 
 
-def size_pair(value: str) -> tuple[int, int]:
-    """`512` or `512,1024` (H,W) -> (H, W)."""
-    try:
-        parts = [int(p) for p in value.replace("x", ",").split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected H,W or one integer, got {value!r}") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected H,W or one integer, got {value!r}")
-    return parts[0], parts[1]
+def crop(text: str) -> tuple[int, int]:
+    """--input-size: H,W (or one integer), each side 16..4096 pixels."""
+    h, w = size_pair(text)
+    if not (16 <= h <= 4096 and 16 <= w <= 4096):
+        raise argparse.ArgumentTypeError(f"{text}: each side must be between 16 and 4096 pixels")
+    return h, w
 
 
-def _flag(p: argparse.ArgumentParser, name: str, default: bool | None, help: str) -> None:
-    p.add_argument(name, type=str2bool, nargs="?", const=True, default=default, help=help)
+def device_name(text: str) -> str:
+    """--device: auto, cpu, cuda or cuda:N, refused when this torch build has no such device."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text}: expected auto, cpu, cuda or cuda:N")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: this torch build has no CUDA device "
+                                             f"(torch {torch.__version__}); use --device cpu or auto")
+        index = int(text.split(":")[1]) if ":" in text else 0
+        if index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA device(s)")
+    return text
 
 
-def add_model_args(p: argparse.ArgumentParser, default_arch: str = "resnet18") -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", default=default_arch,
-                   help="PSPNet backbone: resnet18 | resnet34 | resnet50 | resnet101 (default %(default)s)")
-    g.add_argument("--width-mult", type=float, default=1.0,
-                   help="channel width multiplier of the backbone, e.g. 0.5 for the paper's ResNet18 (0.5)")
-    g.add_argument("--stem", choices=["deep", "standard"], default="deep",
-                   help="deep (3 convs, the original) or standard (7x7, torchvision's) stem")
-    g.add_argument("--norm", choices=["bn", "syncbn", "inplace_abn", "inplace_abn_sync"], default="bn",
-                   help="norm layer; syncbn / inplace_abn_sync reduce statistics over ranks")
-    g.add_argument("--num-classes", type=int, default=19, help="number of classes (Cityscapes: 19)")
+def _add(group: argparse._ActionsContainer, *flags: Flag) -> None:
+    for flag in flags:
+        flag.add_to(group)
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -62,31 +71,71 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", type=Path, required=True, help="Cityscapes root (leftImg8bit/, gtFine/)")
     g.add_argument("--data-list", type=Path, default=None,
                    help="list file (image<TAB>label, relative to --data-dir); default: scan the split")
-    g.add_argument("--num-workers", type=int, default=2, help="data loading processes")
+    _add(g, Flag("--num-workers", NONNEG_INT, 2, "data loading processes (default %(default)s)"))
+
+
+def add_model_args(p: argparse.ArgumentParser, default_arch: str = "resnet18") -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default=default_arch, help=f"{ARCH_HELP} (default %(default)s)")
+    _add(g, Flag("--width-mult", POSITIVE, 1.0,
+                 "channel width multiplier of the backbone, e.g. 0.5 for the paper's ResNet18 (0.5)"),
+         choice("--stem", ("deep", "standard"), "deep", "deep (3 convs, the original) or standard (7x7, torchvision's) stem"),
+         choice("--norm", ("bn", "syncbn", "inplace_abn", "inplace_abn_sync"), "bn",
+                "norm layer; syncbn / inplace_abn_sync reduce statistics over ranks (default bn)"),
+         Flag("--num-classes", number(int, 2), 19, "number of classes (Cityscapes: 19)"))
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda (default %(default)s)")
-    g.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
-                   help="mixed precision with torch.amp (losses stay float32); default off")
-    _flag(g, "--channels-last", False, "use channels-last memory format")
-    _flag(g, "--compile", False, "torch.compile the network forwards")
+    _add(g, Flag("--device", device_name, "auto", "auto | cpu | cuda | cuda:N (default %(default)s)"),
+         choice("--amp", ("off", "bf16", "fp16"), "off",
+                "mixed precision with torch.amp (losses stay float32); default off"),
+         switch("--channels-last", False, "use channels-last memory format"),
+         switch("--compile", False, "torch.compile the network forwards"),
+         switch("--tf32", False, "let float32 convolutions and matmuls run as TF32 on GPUs that have it "
+                                 "(PyTorch's own default for convolutions); default False: true float32, "
+                                 "the numerics of the original (pre-TF32 GPUs)"))
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
-    g.add_argument("--mode", choices=["whole", "sliding"], default="whole",
-                   help="whole image (the original) or sliding window of --input-size with 1/3 overlap")
-    g.add_argument("--scales", type=float, nargs="+", default=[1.0],
-                   help="test scales; softmax maps are averaged over scales (default 1.0)")
-    _flag(g, "--flip", False, "also predict the mirrored image and average")
-    g.add_argument("--input-size", type=size_pair, default=(512, 512),
-                   help="sliding-window tile H,W (default 512,512)")
+    _add(g, choice("--mode", ("whole", "sliding"), "whole",
+                   "whole image (the original) or sliding window of --input-size with 1/3 overlap"),
+         Flag("--scales", POSITIVE, [1.0], "test scales (default 1.0)", nargs="+"),
+         choice("--ms-average", ("logits", "probs"), "logits",
+                "what several scales / the flip average: the upsampled logits (the original's "
+                "networks/evaluate.py, lines 115-134) or the softmax maps"),
+         switch("--flip", False, "also predict the mirrored image and average"),
+         Flag("--input-size", crop, (512, 512), "sliding-window tile H,W (default 512,512)"))
+
+
+def inference_parser(prog: str, description: str, split: str) -> argparse.ArgumentParser:
+    """What skd-eval and skd-test share: data, --split, --ckpt, the model, evaluation and runtime."""
+    p = SkdArgumentParser(prog=prog, description=description)
+    add_data_args(p)
+    p.add_argument("--split", default=split, help=f"split (default {split})")
+    p.add_argument("--ckpt", type=Path, required=True, help="weights: skd checkpoint or official SKD .pth")
+    add_model_args(p)
+    add_eval_args(p)
+    add_runtime_args(p)
+    return p
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = inference_parser("skd-eval", "mIoU of a PSPNet on a labelled split.", "val")
+    p.add_argument("--out", type=Path, default=None, help="JSON file for the results (default: next to --ckpt)")
+    _add(p, Flag("--max-images", NONNEG_INT, 0, "only the first N images (0 = all)"))
+    return p
+
+
+def test_parser() -> argparse.ArgumentParser:
+    p = inference_parser("skd-test", "Write Cityscapes submission PNGs for a split.", "test")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    return p
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = SkdArgumentParser(
         prog="skd-train",
         description="Train a PSPNet, supervised or distilled from a teacher (--pi/--pa/--ho, CWD, DIST, KD).")
     add_data_args(p)
@@ -97,135 +146,81 @@ def train_parser() -> argparse.ArgumentParser:
                    help="student initialisation: ImageNet backbone file (resnet18-imagenet.pth layout) "
                         "or full PSPNet weights (official or skd checkpoint)")
 
-    g = p.add_argument_group("optimisation (the paper's recipe by default)")
-    g.add_argument("--input-size", type=size_pair, default=(512, 512), help="training crop H,W (default 512,512)")
-    g.add_argument("--batch-size", type=int, default=8, help="GLOBAL batch, split over ranks (default 8)")
-    g.add_argument("--num-steps", type=int, default=40000, help="training steps (default 40000)")
-    g.add_argument("--lr-g", type=float, default=0.01, help="student (generator) base lr (default 0.01)")
-    g.add_argument("--lr-d", type=float, default=4e-4, help="discriminator base lr (default 4e-4)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    g.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
-    g.add_argument("--power", type=float, default=0.9, help="poly lr power (default 0.9)")
-    _flag(g, "--random-mirror", True, "random horizontal mirror (default True)")
-    _flag(g, "--random-scale", True, "random scale 0.7..2.1 (default True)")
-    g.add_argument("--dropout", type=float, default=0.1,
-                   help="Dropout2d rate of the PSP bottleneck and DSN heads (default 0.1, the original)")
-    g.add_argument("--aux-weight", type=float, default=0.4, help="weight of the DSN cross-entropy (default 0.4)")
-    _flag(g, "--ohem", False, "online hard example mining in the cross-entropy")
-    g.add_argument("--ohem-thresh", type=float, default=0.7, help="OHEM probability threshold")
-    g.add_argument("--ohem-keep", type=int, default=100000, help="OHEM minimum kept pixels")
+    g = p.add_argument_group("optimisation (the original SKD recipe by default)")
+    _add(g, Flag("--input-size", crop, (512, 512), "training crop H,W (default 512,512)"),
+         Flag("--batch-size", POSITIVE_INT, 8, "GLOBAL batch, split over ranks (default 8)"),
+         Flag("--num-steps", POSITIVE_INT, 40000, "training steps (default 40000)"),
+         Flag("--lr-g", POSITIVE, 0.01, "student (generator) base lr (default 0.01)"),
+         Flag("--lr-d", POSITIVE, 4e-4, "discriminator base lr (default 4e-4)"),
+         choice("--d-optimizer", ("sgd", "adam"), "sgd",
+                "discriminator optimizer: sgd with --momentum and --weight-decay, the original's "
+                "(SKD networks/kd_model.py line 75; default), or adam with betas 0.9/0.99 and no weight "
+                "decay, TorchDistiller's (the CWD code, SemSeg-distill/networks/kd_model.py line 100)"),
+         Flag("--momentum", number(float, 0, 1, high_open=True), 0.9, "SGD momentum (default 0.9)"),
+         Flag("--weight-decay", NONNEG, 5e-4, "SGD weight decay (default 5e-4, SKD run_train_val.sh line 13)"),
+         Flag("--power", NONNEG, 0.9, "poly lr power (default 0.9)"),
+         switch("--random-mirror", True, "random horizontal mirror (default True)"),
+         switch("--random-scale", True, "random scale 0.7..2.1 (default True)"),
+         Flag("--dropout", FRACTION, 0.1,
+              "Dropout2d rate of the PSP bottleneck and DSN heads (default 0.1, the original)"),
+         Flag("--aux-weight", NONNEG, 0.4, "weight of the DSN cross-entropy (default 0.4)"),
+         switch("--ohem", False, "online hard example mining in the cross-entropy"),
+         Flag("--ohem-thresh", UNIT, 0.7, "OHEM probability threshold"),
+         Flag("--ohem-keep", NONNEG_INT, 100000, "OHEM minimum kept pixels"))
 
     g = p.add_argument_group("teacher")
     g.add_argument("--teacher-ckpt", type=Path, default=None,
                    help="teacher weights (official SKD checkpoint or skd checkpoint); enables distillation")
-    g.add_argument("--teacher-arch", default="resnet101", help="teacher backbone (default resnet101)")
-    g.add_argument("--teacher-width-mult", type=float, default=1.0, help="teacher width multiplier")
-    g.add_argument("--teacher-stem", choices=["deep", "standard"], default="deep", help="teacher stem")
+    g.add_argument("--teacher-arch", default="resnet101", help=f"teacher {ARCH_HELP} (default resnet101)")
+    _add(g, Flag("--teacher-width-mult", POSITIVE, 1.0, "teacher width multiplier"),
+         choice("--teacher-stem", ("deep", "standard"), "deep", "teacher stem"))
 
-    g = p.add_argument_group("structured distillation (defaults: on when --teacher-ckpt is given)")
-    _flag(g, "--pi", None, "pixel-wise distillation")
-    g.add_argument("--lambda-pi", type=float, default=10.0, help="lambda_pi, pixel-wise weight (default 10)")
-    g.add_argument("--pi-temperature", type=float, default=1.0, help="pixel-wise temperature (1 = the paper)")
-    _flag(g, "--pa", None, "pair-wise distillation")
-    g.add_argument("--lambda-pa", type=float, default=0.5, help="lambda_pa, pair-wise weight (default 0.5)")
-    g.add_argument("--pool-scale", type=float, default=0.5,
-                   help="pair-wise node = max-pool of (int(H*s), int(W*s)) feature pixels, the original (default 0.5)")
-    g.add_argument("--pa-node-size", type=int, default=None,
-                   help="pair-wise node of BETA x BETA feature pixels, the paper's granularity (overrides --pool-scale)")
-    g.add_argument("--pa-pool", choices=["max", "avg"], default="max", help="pooling of --pa-node-size nodes")
-    _flag(g, "--ho", None, "holistic (adversarial) distillation")
-    g.add_argument("--lambda-d", type=float, default=0.1, help="lambda_d, holistic weight (default 0.1)")
-    g.add_argument("--lambda-gp", type=float, default=10.0, help="gradient penalty weight (default 10)")
-    g.add_argument("--adv-loss-type", choices=["wgan-gp", "hinge"], default="wgan-gp",
-                   help="discriminator objective (default wgan-gp)")
-    g.add_argument("--d-input-size", type=int, default=0,
-                   help="resize the logits to N x N (bilinear) before the discriminator; 0 = as they are, "
-                        "the original (65x65 for a 512 crop). The discriminator needs at least 64x64")
-
-    g = p.add_argument_group("related distillation losses")
-    _flag(g, "--cwd", False, "channel-wise distillation (Shu et al. 2021)")
-    g.add_argument("--lambda-cwd", type=float, default=3.0, help="CWD weight (default 3)")
-    g.add_argument("--cwd-tau", type=float, default=4.0, help="CWD temperature tau (default 4)")
-    g.add_argument("--cwd-on", choices=["logits", "feat"], default="logits",
-                   help="CWD on the logits or on the PSP features (1x1 connector when channels differ)")
-    _flag(g, "--dist", False, "DIST (Huang et al. 2022)")
-    g.add_argument("--lambda-dist", type=float, default=1.0, help="DIST weight (default 1)")
-    g.add_argument("--dist-beta", type=float, default=1.0, help="DIST inter-class weight beta (default 1)")
-    g.add_argument("--dist-gamma", type=float, default=1.0, help="DIST intra-class weight gamma (default 1)")
-    g.add_argument("--dist-tau", type=float, default=1.0, help="DIST temperature (default 1)")
-    _flag(g, "--kd", False, "per-pixel Hinton KD")
-    g.add_argument("--lambda-kd", type=float, default=1.0, help="KD weight (default 1)")
-    g.add_argument("--kd-temperature", type=float, default=4.0, help="KD temperature (default 4)")
+    for term, flags in term_flags():
+        _add(p.add_argument_group(f"{term.name}: {term.help}"), *flags)
 
     g = p.add_argument_group("run")
     g.add_argument("--snapshot-dir", type=Path, default=Path("runs/skd"), help="checkpoints and logs")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto' (newest intact one)")
-    g.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps (default 1000)")
-    g.add_argument("--keep-last", type=int, default=3, help="checkpoints kept (default 3); best.pth kept apart")
-    g.add_argument("--eval-every", type=int, default=0,
-                   help="validate every N steps (and at the end); 0 = only at the end")
-    g.add_argument("--max-val-images", type=int, default=0, help="validate on the first N images only (0 = all)")
-    g.add_argument("--log-every", type=int, default=10, help="log every N steps (default 10)")
-    _flag(g, "--deterministic", False, "deterministic algorithms (bit-exact resume on CPU)")
-    g.add_argument("--skip-nonfinite", type=int, default=0,
-                   help="skip up to N steps whose loss is NaN/Inf (default 0: stop at the first)")
-    _flag(g, "--progress", True, "tqdm progress bar (default True)")
+    _add(g, Flag("--save-every", POSITIVE_INT, 1000, "checkpoint every N steps (default 1000)"),
+         Flag("--keep-last", POSITIVE_INT, 3, "checkpoints kept (default 3); best.pth kept apart"),
+         Flag("--eval-every", NONNEG_INT, 0, "validate every N steps (and at the end); 0 = only at the end"),
+         Flag("--eval-at", POSITIVE_INT, [], "also validate after these steps, e.g. 39326 39697 39999 (the "
+                                            "original's protocol); best.pth is the best validation", nargs="+"),
+         Flag("--max-val-images", NONNEG_INT, 0, "validate on the first N images only (0 = all)"),
+         Flag("--log-every", POSITIVE_INT, 10, "log every N steps, averaged over them (default 10)"),
+         switch("--deterministic", False, "deterministic algorithms (bit-exact resume on CPU)"),
+         Flag("--skip-nonfinite", NONNEG_INT, 0, "skip up to N steps whose loss is NaN/Inf (default 0: stop at "
+                                                 "the first)"),
+         switch("--progress", True, "tqdm progress bar (default True)"))
     add_runtime_args(p)
     return p
 
 
 def check_train_args(args: argparse.Namespace, world_size: int = 1) -> None:
-    """Range checks of every training flag, before anything is built. Raises SkdError."""
-    def bad(flag: str, why: str) -> None:
-        raise SkdError(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: {why}")
-
-    for name, value in vars(args).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            bad("--" + name.replace("_", "-"), "must be a finite number")
-    for flag in ("--lambda-pi", "--lambda-pa", "--lambda-d", "--lambda-gp", "--lambda-cwd",
-                 "--lambda-dist", "--lambda-kd", "--aux-weight", "--weight-decay", "--momentum",
-                 "--dist-beta", "--dist-gamma"):
-        if getattr(args, flag[2:].replace("-", "_")) < 0:
-            bad(flag, "must not be negative")
-    for flag in ("--pi-temperature", "--cwd-tau", "--dist-tau", "--kd-temperature",
-                 "--lr-g", "--lr-d", "--width-mult", "--teacher-width-mult"):
-        if not getattr(args, flag[2:].replace("-", "_")) > 0:
-            bad(flag, "must be positive")
-    if not 0 <= args.dropout < 1:
-        bad("--dropout", "must be in [0, 1)")
-    if not 0 < args.pool_scale <= 1:
-        bad("--pool-scale", "must be in (0, 1]")
-    if args.pa_node_size is not None and args.pa_node_size < 1:
-        bad("--pa-node-size", "must be at least 1")
-    if not all(16 <= s <= 4096 for s in args.input_size):
-        bad("--input-size", "each side must be between 16 and 4096 pixels")
+    """The rules that involve several flags (each flag's own range is its type's), before
+    anything is built. Raises SkdError."""
     if args.ho and args.d_input_size == 0 and min(logit_size(args.input_size)) < 64:
         h, w = logit_size(args.input_size)
         raise SkdError(f"--ho: the discriminator needs logits of at least 64x64, and --input-size "
                        f"{args.input_size[0]},{args.input_size[1]} gives {h}x{w}; use a crop of 505 or "
                        f"more, or --d-input-size 65")
-    if args.d_input_size and args.d_input_size < 64:
-        bad("--d-input-size", "the discriminator needs at least 64")
-    if args.num_steps < 1:
-        bad("--num-steps", "must be at least 1")
     if args.batch_size < world_size or args.batch_size % world_size:
         raise SkdError(f"--batch-size {args.batch_size}: the global batch must be a multiple of the "
                        f"number of processes ({world_size})")
-    if args.num_classes < 2:
-        bad("--num-classes", "must be at least 2")
-    for flag in ("--save-every", "--keep-last", "--log-every"):
-        if getattr(args, flag[2:].replace("-", "_")) < 1:
-            bad(flag, "must be at least 1")
-    if args.eval_every < 0 or args.max_val_images < 0 or args.skip_nonfinite < 0 or args.num_workers < 0:
-        raise SkdError("--eval-every, --max-val-images, --skip-nonfinite and --num-workers must not be negative")
+    if args.batch_size // world_size < 2 and args.norm in ("bn", "inplace_abn"):
+        raise SkdError(f"--batch-size {args.batch_size} over {world_size} process(es) leaves "
+                       f"{args.batch_size // world_size} image per rank, and --norm {args.norm} needs at least 2 "
+                       f"for its batch statistics; use a larger batch or --norm syncbn / inplace_abn_sync")
     if args.amp == "fp16" and args.device == "cpu":
         raise SkdError("--amp fp16: float16 autocast needs a GPU; use --amp bf16 or off on the CPU")
+    past = [s for s in args.eval_at if s > args.num_steps]
+    if past:
+        raise SkdError(f"--eval-at {past[0]}: after the last step (--num-steps {args.num_steps})")
 
-    distill_flags = [f for f in ("pi", "pa", "ho") if getattr(args, f)]
-    extra = [f for f in ("cwd", "dist", "kd") if getattr(args, f)]
-    if args.teacher_ckpt is None and (distill_flags or extra):
-        raise SkdError(f"--{(distill_flags + extra)[0]} needs a teacher: give --teacher-ckpt PATH")
+    on = [t for t, _ in term_flags() if getattr(args, t.name)]
+    if args.teacher_ckpt is None and on:
+        raise SkdError(f"--{on[0].name} needs a teacher: give --teacher-ckpt PATH")
     if args.teacher_ckpt is not None and not args.teacher_ckpt.is_file():
         raise SkdError(f"--teacher-ckpt {args.teacher_ckpt}: no such file")
     if args.restore_from is not None and not args.restore_from.is_file():
@@ -246,10 +241,10 @@ def logit_size(input_size: tuple[int, int]) -> tuple[int, int]:
 
 
 def resolve_distill_defaults(args: argparse.Namespace) -> None:
-    """--pi/--pa/--ho default to on with a teacher (the paper's setting) and off without."""
-    for f in ("pi", "pa", "ho"):
-        if getattr(args, f) is None:
-            setattr(args, f, args.teacher_ckpt is not None)
+    """The paper's terms (pi, pa, ho) default to on with a teacher and off without."""
+    for term, _ in term_flags():
+        if getattr(args, term.name) is None:
+            setattr(args, term.name, args.teacher_ckpt is not None)
 
 
 def check_writable_dir(path: Path, flag: str) -> None:

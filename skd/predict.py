@@ -6,7 +6,6 @@ mapped back to labelIds, what the benchmark server reads) and `<out>/color/<city
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -18,24 +17,12 @@ from tqdm import tqdm
 from skd.data import CityscapesDataset, EvalTransform, colorize, to_label_ids
 from skd.engine.distributed import barrier, cleanup, init_distributed
 from skd.engine.evaluate import predict
-from skd.engine.runtime import autocast_factory, cli, setup_logging
+from skd.engine.runtime import cli, configure_numerics, setup_logging
 from skd.errors import SkdError
-from skd.evaluate import build_model
-from skd.options import add_data_args, add_eval_args, add_model_args, add_runtime_args, check_writable_dir
+from skd.evaluate import build_model, inference_of
+from skd.options import check_writable_dir, test_parser
 
 log = logging.getLogger("skd.predict")
-
-
-def test_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="skd-test", description="Write Cityscapes submission PNGs for a split.")
-    add_data_args(p)
-    p.add_argument("--split", default="test", help="split to predict (default test)")
-    p.add_argument("--ckpt", type=Path, required=True, help="weights: skd checkpoint or official SKD .pth")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    add_model_args(p)
-    add_eval_args(p)
-    add_runtime_args(p)
-    return p
 
 
 def write_prediction(out: Path, name: str, train_ids: np.ndarray) -> None:
@@ -56,19 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     info, device = init_distributed(args.device)
     try:
         setup_logging(info.is_main)
+        configure_numerics(args.tf32)
         check_writable_dir(args.out, "--out")
         dataset = CityscapesDataset(args.data_dir, args.split, args.data_list, transform=EvalTransform(),
                                     has_labels=False)
         model = build_model(args, device)
-        autocast = autocast_factory(args.amp, device)
+        how = inference_of(args, device)
         for i in tqdm(range(info.rank, len(dataset), info.world_size), desc="test", disable=not info.is_main):
             image, _, name = dataset[i]
-            image = image.unsqueeze(0).to(device)
-            if args.channels_last:
-                image = image.contiguous(memory_format=torch.channels_last)
-            probs = predict(model, image, args.num_classes, args.mode, tuple(args.scales), args.flip,
-                            args.input_size, autocast)
-            write_prediction(args.out, name, probs.argmax(1)[0].to(torch.uint8).cpu().numpy())
+            scores = predict(model, image.unsqueeze(0).to(device), args.num_classes, how)
+            write_prediction(args.out, name, scores.argmax(1)[0].to(torch.uint8).cpu().numpy())
         barrier()
         log.info("%d predictions written to %s", len(dataset), args.out)
     finally:

@@ -71,7 +71,7 @@ def test_data_phase_runs_skd_trains_loader_once(tmp_path):
     # 20 batches of 2 timed after the first (1 worker: max(20, 10 x 1)).
     assert data["workers"] == 1 and data["batches"] == 20 and data["images_per_call"] == 40
     assert data["images_per_s"] == 40 / data["times"][0]
-    assert "Data loading (`skd.train.build_train_loader`, 1 worker," in proc.stdout
+    assert "Data loading (`skd.engine.build.build_train_loader`, 1 worker," in proc.stdout
     assert "64x128 PNGs" in proc.stdout
 
 

@@ -25,6 +25,7 @@ from skd.data import (
 )
 from skd.data.synthetic import main as synthetic_main
 from skd.errors import SkdError
+from skd.models.convention import SKD_INPUT
 
 # Typed from SPEC §2, independently of skd/data/labels.py.
 SPEC_LABEL_TO_TRAIN = {
@@ -83,8 +84,8 @@ def _encode(label: np.ndarray) -> np.ndarray:
 
 
 def _decode_colour(image_chw: torch.Tensor) -> np.ndarray:
-    """Transform output (3, H, W) float back to (H, W, 3) uint8 BGR by adding the mean."""
-    bgr = image_chw.numpy().transpose(1, 2, 0) + SPEC_MEAN_BGR
+    """Transform output (3, H, W) raw float BGR back to (H, W, 3) integers (padding: -1)."""
+    bgr = np.nan_to_num(image_chw.numpy().transpose(1, 2, 0), nan=-1.0)
     return np.rint(bgr).astype(np.int64)
 
 
@@ -122,17 +123,19 @@ def test_colorize_uses_the_palette_and_paints_ignore_black():
 
 # -- transforms ---------------------------------------------------------------------------------
 
-def test_eval_transform_only_subtracts_the_bgr_mean():
+def test_eval_transform_gives_the_raw_bgr_image_and_the_network_subtracts_the_mean():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
     label = rng.integers(0, 19, (5, 7), dtype=np.uint8)
     out_image, out_label = EvalTransform()(image, label)
     assert out_image.dtype == torch.float32 and out_image.shape == (3, 5, 7)
     assert out_label.dtype == torch.int64
-    expected = image.astype(np.float64).transpose(2, 0, 1) - SPEC_MEAN_BGR[:, None, None]
-    np.testing.assert_allclose(out_image.numpy(), expected, atol=1e-4)
+    np.testing.assert_array_equal(out_image.numpy(), image.transpose(2, 0, 1).astype(np.float32))
     np.testing.assert_array_equal(out_label.numpy(), label)
     np.testing.assert_allclose(IMG_MEAN, SPEC_MEAN_BGR, rtol=1e-7)
+    normalised = SKD_INPUT.normalize(out_image[None])[0].numpy()
+    expected = image.astype(np.float64).transpose(2, 0, 1) - SPEC_MEAN_BGR[:, None, None]
+    np.testing.assert_allclose(normalised, expected, atol=1e-4)
 
 
 def test_train_transform_pads_bottom_right_with_zero_image_and_ignore_label():
@@ -145,8 +148,10 @@ def test_train_transform_pads_bottom_right_with_zero_image_and_ignore_label():
     assert out_image.shape == (3, 16, 16) and out_label.shape == (16, 16)
     np.testing.assert_array_equal(out_label[:10, :12].numpy(), label)
     assert (out_label[10:] == 255).all() and (out_label[:, 12:] == 255).all()
-    assert (out_image[:, 10:] == 0).all() and (out_image[:, :, 12:] == 0).all()
+    assert out_image[:, 10:].isnan().all() and out_image[:, :, 12:].isnan().all()
     np.testing.assert_array_equal(_decode_colour(out_image)[:10, :12], image)
+    normalised = SKD_INPUT.normalize(out_image[None])[0]  # padding: 0 after the mean, as the original
+    assert (normalised[:, 10:] == 0).all() and (normalised[:, :, 12:] == 0).all()
 
 
 def test_train_transform_crop_and_mirror_keep_every_pixel_aligned():
@@ -162,7 +167,7 @@ def test_train_transform_crop_and_mirror_keep_every_pixel_aligned():
         real = lab != 255
         assert real.sum() == 20 * 16  # 4 padded rows, width cropped from 30 to 16
         np.testing.assert_array_equal(colour[real], _encode(lab)[real])
-        assert (out_image.numpy()[:, ~real] == 0).all()
+        assert np.isnan(out_image.numpy()[:, ~real]).all()
         crops.add(lab.tobytes())
     assert len(crops) > 6  # offsets and flips really vary
 
@@ -186,7 +191,7 @@ def test_train_transform_with_scaling_keeps_alignment_up_to_one_pixel_at_edges()
         colour, lab = _decode_colour(out_image), out_label.numpy()
         padded = lab == 255
         assert set(np.unique(lab)) <= set(ids.tolist()) | {255}  # label resized by nearest
-        assert (out_image.numpy()[:, padded] == 0).all()
+        assert np.isnan(out_image.numpy()[:, padded]).all()
         blended += sum(tuple(c) not in codes for c in colour[~padded])  # image is bilinear
         edge = np.zeros_like(padded)
         edge[:-1] |= lab[:-1] != lab[1:]
@@ -208,15 +213,16 @@ def test_train_transform_with_scaling_keeps_alignment_up_to_one_pixel_at_edges()
 
 
 def _original_train_transform(image, label, crop_h, crop_w):
-    """The original CSDataSet steps, written out literally, with its `random.randint` draws
-    taken from torch in the same order."""
+    """The original CSDataSet steps (SKD dataset/datasets.py lines 157-208), written out
+    literally, with its `random.randint` draws taken from torch in the same order. Its mean is
+    the float32 array of train_and_eval.py line 10, which the dataset subtracts as it is."""
     def randint(a, b):
         return int(torch.randint(a, b + 1, (1,)))
     f = 0.7 + randint(0, 14) / 10.0
     image = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
     label = cv2.resize(label, None, fx=f, fy=f, interpolation=cv2.INTER_NEAREST)
     image = np.asarray(image, np.float32)
-    image -= (104.00698793, 116.66876762, 122.67891434)
+    image -= np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float32)
     img_h, img_w = label.shape
     pad_h, pad_w = max(crop_h - img_h, 0), max(crop_w - img_w, 0)
     if pad_h > 0 or pad_w > 0:
@@ -232,7 +238,7 @@ def _original_train_transform(image, label, crop_h, crop_w):
     return image, label
 
 
-def test_train_transform_equals_the_original_pad_then_crop_steps():
+def test_train_transform_then_normalize_equals_the_original_pad_then_crop_steps():
     rng = np.random.default_rng(4)
     image = rng.integers(0, 256, (18, 26, 3), dtype=np.uint8)
     label = rng.integers(0, 19, (18, 26), dtype=np.uint8)
@@ -243,7 +249,17 @@ def test_train_transform_equals_the_original_pad_then_crop_steps():
         torch.manual_seed(seed)
         ref_image, ref_label = _original_train_transform(image, label, 20, 24)
         np.testing.assert_array_equal(out_label.numpy(), ref_label)
-        np.testing.assert_array_equal(out_image.numpy(), ref_image)  # bit-identical
+        np.testing.assert_array_equal(SKD_INPUT.normalize(out_image[None])[0].numpy(), ref_image)  # bit-identical
+
+
+def test_the_float32_mean_differs_from_the_float64_constants_by_up_to_1_5e_5():
+    """Why the float32 mean matters for the bit-for-bit claim: subtracting the float64 literals
+    (what skd did before, and the original's test-set loader does) rounds differently."""
+    pixels = np.arange(256, dtype=np.float32)[:, None].repeat(3, 1)
+    in_float32 = pixels - IMG_MEAN
+    from_float64 = (pixels.astype(np.float64) - SPEC_MEAN_BGR).astype(np.float32)
+    worst = np.abs(in_float32.astype(np.float64) - from_float64).max()
+    assert 0 < worst <= 1.6e-5
 
 
 def test_random_scale_reaches_every_factor_from_0_7_to_2_1():
@@ -399,15 +415,15 @@ def test_read_list_accepts_tab_space_and_image_only_lines(synthetic_root, tmp_pa
     assert read_list(synthetic_root, path) == [(i0, l0), (i1, l1), (i0, None)]
 
 
-def test_dataset_item_is_mean_subtracted_bgr_and_train_id_label(synthetic_root):
+def test_dataset_item_is_raw_bgr_and_train_id_label(synthetic_root):
     dataset = CityscapesDataset(synthetic_root, "train")
     image, label, name = dataset[0]
     assert name == "aachen/aachen_000000_000019"
     image_path, label_path = dataset.items[0]
     rgb = np.asarray(Image.open(image_path).convert("RGB")).astype(np.float64)
-    expected = rgb[:, :, ::-1].transpose(2, 0, 1) - SPEC_MEAN_BGR[:, None, None]
+    expected = rgb[:, :, ::-1].transpose(2, 0, 1)
     assert image.dtype == torch.float32 and image.shape == (3, SYN_H, SYN_W)
-    np.testing.assert_allclose(image.numpy(), expected, atol=1e-4)
+    np.testing.assert_array_equal(image.numpy(), expected)
     ids = np.asarray(Image.open(label_path))
     expected_label = np.vectorize(lambda i: SPEC_LABEL_TO_TRAIN.get(int(i), 255))(ids)
     assert label.dtype == torch.int64

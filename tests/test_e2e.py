@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from skd.data import make_synthetic
 from skd.models.checkpoint import read_checkpoint
 
 TINY = ["--arch", "resnet18", "--width-mult", "0.25", "--input-size", "48,48", "--batch-size", "4",
@@ -24,15 +23,14 @@ TINY = ["--arch", "resnet18", "--width-mult", "0.25", "--input-size", "48,48", "
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> Path:
-    return make_synthetic(tmp_path_factory.mktemp("cityscapes"), num_train=8, num_val=2, num_test=2,
-                          height=48, width=96, seed=0)
+def data_dir(cityscapes_dir) -> Path:
+    return cityscapes_dir
 
 
 @pytest.fixture(scope="session")
 def teacher_ckpt(data_dir, tmp_path_factory) -> Path:
     snap = tmp_path_factory.mktemp("teacher")
-    run_cli("skd.train", "--data-dir", data_dir, "--snapshot-dir", snap, "--num-steps", "2", *TINY)
+    run_cli("skd.train", "--data-dir", data_dir, "--snapshot-dir", snap, "--num-steps", "2", "--eval-at", "1", *TINY)
     return snap / "final.pth"
 
 
@@ -55,7 +53,10 @@ def test_train_checkpoint_eval_and_test_pngs(data_dir, teacher_ckpt, tmp_path):
     assert state["step"] == 2 and {"model", "optimizer", "rng", "args", "best_miou"} <= set(state)
     log = [json.loads(line) for line in (snap / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "task" in r] == [1, 2]
-    assert all(np.isfinite(r["task"]) for r in log if "task" in r)
+    assert all(np.isfinite(r["task"]) and r["task_raw"] == r["task"] for r in log if "task" in r)
+    # The original counts steps from 1: lr = 0.01 * (1 - s / 2) ** 0.9 at steps s = 1, 2.
+    assert [r["lr_g"] for r in log if "task" in r] == [0.01 * 0.5 ** 0.9, 0.0]
+    assert [r["step"] for r in log if "val" in r] == [1, 2]  # --eval-at 1, and the last step
     final_val = json.loads((snap / "val_final.json").read_text())
     assert set(final_val["per_class"]) >= {"road", "sky", "car"}
 
@@ -94,12 +95,17 @@ def test_distillation_with_every_flag_and_resume_restores_discriminator(data_dir
     steps = [r for r in log if "task" in r]
     assert {"task", "pi", "pa", "ho", "cwd", "dist", "kd", "d_adv", "d_gp"} <= set(steps[-1])
     state = read_checkpoint(tmp_path / "checkpoint_000002.pth")
-    assert {"disc", "opt_d", "connector"} <= set(state)
+    assert {"disc", "opt_d", "connectors"} <= set(state) and set(state["connectors"]) == {"cwd"}
 
     run_cli("skd.train", *flags, "--num-steps", "3", "--resume", "auto")
     resumed = read_checkpoint(tmp_path / "checkpoint_000003.pth")
     assert resumed["step"] == 3
-    assert resumed["opt_d"]["state"][0]["step"] == 3  # Adam kept counting from the restored state
+    # The critic's optimizer is the original's SGD (momentum 0.9, weight decay 5e-4), its momentum
+    # restored and carried on.
+    group = resumed["opt_d"]["param_groups"][0]
+    assert (group["momentum"], group["weight_decay"]) == (0.9, 5e-4) and "betas" not in group
+    assert not torch.equal(resumed["opt_d"]["state"][0]["momentum_buffer"],
+                           state["opt_d"]["state"][0]["momentum_buffer"])
 
 
 @pytest.mark.slow
@@ -203,5 +209,6 @@ def test_resume_of_another_width_names_the_flag(data_dir, teacher_ckpt, tmp_path
     proc = run_cli("skd.train", "--data-dir", data_dir, "--snapshot-dir", tmp_path, *TINY, "--num-steps", "3",
                    "--width-mult", "0.5", "--resume", resume, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"skd: error: --resume {resume}: checkpoint is resnet18 width 0.25, "
-                                   f"this run is resnet18 width 0.5 (--width-mult)")
+    assert proc.stderr.strip() == (f"skd: error: --resume {resume}: the checkpoint is of another network "
+                                   f"(--width-mult 0.25 in the file, 0.5 in this run); resume with the flags of "
+                                   f"the run that wrote it")

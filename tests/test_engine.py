@@ -123,18 +123,34 @@ def _args(tmp_path, *extra):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--lambda-pi", "-1"], "--lambda-pi -1.0: must not be negative"),
+    (["--lambda-pi", "-1"], "--lambda-pi -1: must not be negative"),
     (["--lambda-pa", "nan"], "--lambda-pa nan: must be a finite number"),
     (["--lr-g", "inf"], "--lr-g inf: must be a finite number"),
     (["--pool-scale", "1.5"], "--pool-scale 1.5: must be in \\(0, 1\\]"),
-    (["--input-size", "100000"], "--input-size"),
+    (["--momentum", "1"], "--momentum 1: must be in \\[0, 1\\)"),
+    (["--num-workers", "-1"], "--num-workers -1: must not be negative"),
+    (["--d-input-size", "32"], "--d-input-size 32: must be 0 or at least 64"),
+    (["--input-size", "100000"], "--input-size 100000: each side must be between 16 and 4096"),
+    (["--norm", "groupnorm"], "--norm: invalid choice: 'groupnorm'"),
+    (["--pi", "maybe"], "--pi maybe: expected True or False"),
+    (["--eval-at", "0"], "--eval-at 0: must be at least 1"),
     (["--batch-size", "3"], "multiple of the number of processes"),
+    (["--batch-size", "2"], "leaves 1 image per rank, and --norm bn needs at least 2"),
+    (["--eval-at", "50000"], "--eval-at 50000: after the last step"),
     (["--pi", "True"], "--pi needs a teacher"),
     (["--teacher-ckpt", "/nonexistent.pth"], "--teacher-ckpt /nonexistent.pth: no such file"),
 ])
 def test_bad_flags_are_refused_with_the_flag_named(tmp_path, extra, message):
-    with pytest.raises(SkdError, match=message):
+    with pytest.raises(SkdError, match=message) as info:
         check_train_args(_args(tmp_path, *extra), world_size=2)
+    assert "\n" not in str(info.value)
+
+
+def test_a_device_this_torch_lacks_is_refused_at_parse(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this torch build has CUDA")
+    with pytest.raises(SkdError, match="--device cuda: this torch build has no CUDA device"):
+        _args(tmp_path, "--device", "cuda")
 
 
 def test_distillation_defaults_follow_the_teacher(tmp_path):

@@ -88,7 +88,7 @@ def test_runs_launched_and_parity_section_written(parity, tmp_path, monkeypatch)
     assert record["se"] == pytest.approx(math.sqrt(2 / 3))
     assert record["parity"] is True
     assert "<!-- BEGIN parity-cpu -->" in page and "kept" in page  # the other section is untouched
-    assert "| plain | --amp off --channels-last False --compile False | 20.00 | 21.00 | 22.00 | 21.00 ± 1.00 |" in page
+    assert "| plain | --amp off --channels-last False --compile False --tf32 False | 20.00 | 21.00 | 22.00 | 21.00 ± 1.00 |" in page
     assert "within noise (|difference| <= 2 SE): parity." in page
 
     # Rerun: the finished runs are reused, nothing is launched again, the figures are the same.

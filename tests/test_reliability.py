@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -14,9 +15,9 @@ import torch
 
 from skd.engine import checkpoint as ckpt
 from skd.engine.runtime import cli
-from skd.engine.steps import CriticLoss, DistillStudent, NonFiniteLoss, StepConfig, train_step
+from skd.engine.steps import NonFiniteLoss, train_step
 from skd.errors import SkdError
-from skd.models import Discriminator, build_pspnet
+from skd.models import Discriminator
 
 
 # --- full disk -----------------------------------------------------------------------------
@@ -89,11 +90,6 @@ def test_stale_temporary_checkpoints_are_removed_and_live_ones_kept(tmp_path):
 
 # --- non-finite steps ----------------------------------------------------------------------
 
-def _tiny_net(seed: int, width: float = 0.125):
-    torch.manual_seed(seed)
-    return build_pspnet("resnet18", num_classes=4, width_mult=width)
-
-
 def _state(*modules) -> dict[str, torch.Tensor]:
     return {f"{i}.{k}": v.clone() for i, m in enumerate(modules) for k, v in m.state_dict().items()}
 
@@ -108,38 +104,37 @@ def _optimizer_state(opt) -> dict:
     return {f"{i}.{n}": t.clone() for i, s in opt.state_dict()["state"].items() for n, t in s.items()}
 
 
-def test_a_non_finite_step_leaves_model_buffers_and_optimizer_untouched():
-    student = DistillStudent(_tiny_net(0)).train()
-    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
-    image, label = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
-    train_step(image, label, student, opt, StepConfig())  # momentum buffers exist now
+def test_a_non_finite_step_leaves_model_buffers_and_optimizer_untouched(tiny_training):
+    models, cfg = tiny_training("--pi", "False", "--pa", "False", "--ho", "False", num_classes=4)
+    student, opt = models.student.train(), models.opt_g
+    image, label = 110 + 50 * torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    train_step(image, label, models=models, cfg=cfg)  # momentum buffers exist now
     before, opt_before = _state(student), _optimizer_state(opt)
-    image[0, 0, 0, 0] = float("nan")
+    image[0, 0, 0, 0] = float("inf")  # NaN would be a padded pixel, 0 once normalised
     with pytest.raises(NonFiniteLoss, match="'task'"):
-        train_step(image, label, student, opt, StepConfig())
+        train_step(image, label, models=models, cfg=cfg)
     _assert_same(before, _state(student))  # BatchNorm running stats included
     _assert_same(opt_before, _optimizer_state(opt))
 
 
-def test_a_non_finite_discriminator_loss_is_caught_before_the_student_moves():
-    """lambda_gp = inf: the student's terms (ho included) are finite, the critic's d_gp is not."""
-    student = DistillStudent(_tiny_net(0)).train()
-    teacher = _tiny_net(1, width=0.25).eval()
-    critic = CriticLoss(Discriminator(4, ndf=8), "wgan-gp", lambda_d=0.1, lambda_gp=float("inf")).train()
-    opt_g = torch.optim.SGD(student.parameters(), lr=0.1)
-    opt_d = torch.optim.Adam(critic.parameters(), lr=1e-3)
-    cfg = StepConfig(pi=True, ho=True, d_input_size=64)
-    image, label = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
-    before = _state(student, critic)
+def test_a_non_finite_discriminator_loss_is_caught_before_the_student_moves(tiny_training):
+    """lambda_d * lambda_gp = inf: the student's terms (ho included) are finite, the critic's
+    weighted penalty is not."""
+    models, cfg = tiny_training("--pa", "False", "--d-input-size", "64", num_classes=4)
+    models.critic.disc = Discriminator(4, ndf=8)
+    models.opt_d = torch.optim.SGD(models.critic.parameters(), lr=1e-3, momentum=0.9)
+    image, label = 110 + 50 * torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    models.student.train()
+    before = _state(models.student, models.critic)
     with pytest.raises(NonFiniteLoss, match="'d_gp'"):
-        train_step(image, label, student, opt_g, cfg, teacher, critic, opt_d)
-    _assert_same(before, _state(student, critic))  # spectral-norm u/v and the D's BatchNorm too
-    assert not opt_g.state and not opt_d.state
+        train_step(image, label, models=models, cfg=replace(cfg, weights={**cfg.weights, "d_gp": float("inf")}))
+    _assert_same(before, _state(models.student, models.critic))  # spectral-norm u/v and the D's BatchNorm too
+    assert not models.opt_g.state and not models.opt_d.state
 
 
-def test_non_finite_weights_are_refused_naming_the_tensor():
+def test_non_finite_weights_are_refused_naming_the_tensor(tiny_net):
     from skd.train import check_finite_weights
-    net = _tiny_net(0)
+    net = tiny_net(4)
     check_finite_weights(net, "final.pth")
     net.bn1.running_var[3] = float("inf")
     with pytest.raises(SkdError, match="final.pth: .*bn1.running_var is not finite"):
@@ -168,13 +163,12 @@ def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path, caplog
     assert "checkpoint_000003.pth" in caplog.text and "checkpoint_000002.pth" in caplog.text
 
 
-def test_resume_without_model_config_lists_the_keys_that_differ():
-    from skd.train import load_model_state
-    state = {"model": _tiny_net(0, width=0.25).state_dict()}
+def test_resume_without_model_config_lists_the_keys_that_differ(tiny_net):
+    state = {"model": tiny_net(4, 0.25).state_dict()}
     state["model"]["extra.weight"] = torch.zeros(1)
     del state["model"]["head.bias"]
     with pytest.raises(SkdError) as info:
-        load_model_state(_tiny_net(0, width=0.125), state, Path("old.pth"))
+        ckpt.load_model_state(tiny_net(4, 0.125), state, Path("old.pth"))
     message = str(info.value)
     assert message.startswith("--resume old.pth: does not fit resnet18 (width 0.125, 4 classes): ")
     assert "conv1.weight is (16, 3, 3, 3) in the file, (8, 3, 3, 3) in the model" in message

@@ -15,9 +15,11 @@ CLASS_NAMES: tuple[str, ...] = (
     "motorcycle", "bicycle",
 )
 
-# BGR, because images are read by OpenCV; subtracted without dividing by a std (SPEC §1).
-# The transforms subtract the float64 values from a float32 image, as the original's
-# `image -= tuple` did, so the result is bit-identical to it; IMG_MEAN is for everyone else.
+# BGR, because images are read by OpenCV; subtracted without dividing by a std. The original's
+# training and validation loader subtracts it as this float32 array from a float32 image (SKD
+# train_and_eval.py line 10, dataset/datasets.py line 183), and so does skd's InputSpec
+# (skd.models.convention.SKD_INPUT): the same arithmetic, bit for bit. IMG_MEAN_F64 holds the
+# literal constants (the original's test-set loader subtracts those, datasets.py line 217).
 IMG_MEAN_F64 = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float64)
 IMG_MEAN = IMG_MEAN_F64.astype(np.float32)
 

@@ -1,26 +1,29 @@
 """Joint image/label transforms: the original SKD training augmentation and the eval transform.
 
-Called by `CityscapesDataset` on an OpenCV image and a train-id label. All randomness comes from
-torch's global generator: the DataLoader seeds it in every worker from its own generator, so the
-data order and the augmentation of a resumed run are exactly those of an uninterrupted one.
+Called by the datasets on an OpenCV image and a train-id label. Both hand out RAW images
+(float32 BGR 0..255): each network normalises its input itself (`net.input_spec`, see
+skd.models.convention), so a teacher and a student with different conventions read the same
+crop. Pixels the training crop pads are NaN; normalising turns them into 0, the value the
+original pads with after subtracting its mean.
+
+All randomness comes from torch's global generator: the DataLoader seeds it in every worker
+from its own generator, so the data order and the augmentation of a resumed run are exactly
+those of an uninterrupted one.
 """
 import cv2
 import numpy as np
 import torch
 
-from skd.data.labels import IGNORE_INDEX, IMG_MEAN_F64
+from skd.data.labels import IGNORE_INDEX
 from skd.errors import SkdError
+
+# What a padded pixel of a training crop holds until a network normalises it (to 0).
+PAD_VALUE = float("nan")
 
 
 def _randint(low: int, high: int) -> int:
     """Uniform integer in [low, high], both inclusive like Python's `random.randint`."""
     return int(torch.randint(low, high + 1, (1,)).item())
-
-
-def _subtract_mean(out: np.ndarray) -> None:
-    """In place on a float32 (..., 3) BGR array: minus the mean, computed in float64 and
-    rounded once to float32, exactly like the original's `image -= mean_tuple`."""
-    np.subtract(out, IMG_MEAN_F64, out=out, casting="same_kind")
 
 
 def _to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,12 +43,15 @@ def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
 
 
 class TrainTransform:
-    """Random scale, mean subtraction, pad, random crop and random mirror (SPEC §2).
+    """Random scale, pad, random crop and random mirror.
 
-    Order and draws are those of the original `CSDataSet`: scale f = 0.7 + k/10 with k uniform in
-    0..14 (image bilinear, label nearest, `cv2.resize` with fx = fy = f); mean subtraction; pad
-    bottom/right to the crop with 0 (image, after the mean is subtracted) and 255 (label); a
-    random crop with both offsets inclusive; a horizontal flip with probability 1/2.
+    Order and draws are those of the original `CSDataSet` (SKD dataset/datasets.py, lines
+    157-208): scale f = 0.7 + k/10 with k uniform in 0..14 (image bilinear, label nearest,
+    `cv2.resize` with fx = fy = f); pad bottom/right to the crop (image: NaN here, 0 once
+    normalised, as the original pads its mean-subtracted image with 0; label: 255); a random crop
+    with both offsets inclusive; a horizontal flip with probability 1/2. The original subtracts
+    its float32 mean here; skd does it in `InputSpec.normalize`, with the same float32
+    arithmetic.
 
     Args:
         crop_size: (h, w) of the output.
@@ -54,7 +60,7 @@ class TrainTransform:
 
     Call:
         image (H, W, 3) uint8 BGR, label (H, W) uint8 train ids ->
-        image (3, h, w) float32 (BGR minus IMG_MEAN), label (h, w) int64.
+        image (3, h, w) float32 raw BGR (NaN where padded), label (h, w) int64.
     """
 
     def __init__(
@@ -65,7 +71,7 @@ class TrainTransform:
     ) -> None:
         crop_h, crop_w = (int(v) for v in crop_size)
         if crop_h < 1 or crop_w < 1:
-            raise SkdError(f"--crop-size {crop_size}: must be two positive integers (h, w)")
+            raise SkdError(f"--input-size {crop_h},{crop_w}: must be two positive integers (h, w)")
         self.crop_size = (crop_h, crop_w)
         self.random_scale = random_scale
         self.random_mirror = random_mirror
@@ -89,11 +95,10 @@ class TrainTransform:
         # padded (up to 2.1x scaled) float image.
         valid_h = min(img_h - h_off, crop_h)
         valid_w = min(img_w - w_off, crop_w)
-        out_image = np.zeros((crop_h, crop_w, 3), dtype=np.float32)
+        out_image = np.full((crop_h, crop_w, 3), PAD_VALUE, dtype=np.float32)
         out_label = np.full((crop_h, crop_w), IGNORE_INDEX, dtype=np.uint8)
         region = (slice(h_off, h_off + valid_h), slice(w_off, w_off + valid_w))
         out_image[:valid_h, :valid_w] = image[region]
-        _subtract_mean(out_image[:valid_h, :valid_w])
         out_label[:valid_h, :valid_w] = label[region]
 
         if self.random_mirror and _randint(0, 1) == 1:
@@ -109,18 +114,16 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Mean subtraction only, full image (validation and test).
+    """The full image as it is (validation and test).
 
     Call:
         image (H, W, 3) uint8 BGR, label (H, W) uint8 train ids ->
-        image (3, H, W) float32 (BGR minus IMG_MEAN), label (H, W) int64.
+        image (3, H, W) float32 raw BGR, label (H, W) int64.
     """
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         _check_pair(image, label)
-        out = image.astype(np.float32)
-        _subtract_mean(out)
-        return _to_tensors(out, label)
+        return _to_tensors(image.astype(np.float32), label)
 
     def __repr__(self) -> str:
         return "EvalTransform()"

@@ -1,10 +1,12 @@
-"""Training checkpoints: plain dicts, written atomically, read with weights_only=True.
+"""The checkpoint format, in one place: writing, reading, resuming. Plain dicts, written
+atomically, read with weights_only=True.
 
-A checkpoint holds everything a run needs to continue exactly where it stopped: the student
-(and connector), the discriminator, both optimizers, the GradScaler, the step, the best mIoU,
-the flags and the RNG states. Files are `checkpoint_<step>.pth` in the snapshot dir, the newest
-`--keep-last` of them kept; `best.pth` (student only) and `final.pth` are kept apart and use
-the same format, so `skd-eval --ckpt` and `--teacher-ckpt` read any of them.
+A training checkpoint holds everything a run needs to continue exactly where it stopped: the
+student network ("model", with "model_config" and "norm_weight"), the connectors, the
+discriminator, both optimizers, the GradScaler, the step, the best mIoU, the flags and the RNG
+states. Files are `checkpoint_<step>.pth` in the snapshot dir, the newest `--keep-last` of them
+kept; `best.pth` and `final.pth` hold the student network only, in the same format, so
+`skd-eval --ckpt` and `--teacher-ckpt` read any of them.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 from skd.errors import SkdError
-from skd.models.checkpoint import read_checkpoint
+from skd.models.checkpoint import fit_problems, raise_if_unfit, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -193,3 +195,99 @@ def set_rng_state(state: dict) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- the format -------------------------------------------------------------------------------
+
+def save_training_state(path: Path, step: int, models, best_miou: float, args) -> None:
+    """Everything `resume` reads, for `models` (a skd.engine.steps.Training) after `step` steps."""
+    from skd.options import args_to_dict
+    student, critic = models.raw_student, models.raw_critic
+    state = {
+        "skd_format": FORMAT, "step": step, "model": student.net.state_dict(),
+        "model_config": student.net.config(), "norm_weight": "plain", "optimizer": models.opt_g.state_dict(),
+        "best_miou": best_miou, "args": args_to_dict(args), "rng": rng_state(),
+    }
+    if len(student.connectors):
+        state["connectors"] = {name: c.state_dict() for name, c in student.connectors.items()}
+    if critic is not None:
+        state["disc"] = critic.disc.state_dict()
+        state["opt_d"] = models.opt_d.state_dict()
+    if models.scaler is not None:
+        state["scaler"] = models.scaler.state_dict()
+    atomic_save(state, path)
+
+
+def save_model(path: Path, net, step: int, miou: float | None) -> None:
+    """Student network only (best.pth, final.pth), in the training-checkpoint format."""
+    atomic_save({"skd_format": FORMAT, "step": step, "model": net.state_dict(), "model_config": net.config(),
+                 "norm_weight": "plain", "miou": miou}, path)
+
+
+# What a model_config field is called on the command line.
+CONFIG_FLAGS = {"arch": "--arch", "width_mult": "--width-mult", "num_classes": "--num-classes", "stem": "--stem"}
+
+
+def config_mismatch(file_config: dict, net) -> list[str]:
+    """The flags whose value in a checkpoint's model_config differs from `net`'s (norm aside:
+    the weights do not depend on it)."""
+    run_config = net.config()
+    return [CONFIG_FLAGS.get(k, "--" + k.replace("_", "-")) for k in file_config
+            if k != "norm" and k in run_config and file_config[k] != run_config[k]]
+
+
+def load_model_state(net, state: dict, path: Path, flag: str = "--resume") -> None:
+    """The student weights of a training checkpoint into `net`; SkdError saying what differs.
+
+    The checkpoint's model_config is compared first, naming the flags that differ with both
+    values; without one, the first keys that are missing, unexpected or of another shape are listed.
+    """
+    file_config = state.get("model_config")
+    if isinstance(file_config, dict):
+        differ = config_mismatch(file_config, net)
+        if differ:
+            run_config = net.config()
+            keys = [k for k in file_config if CONFIG_FLAGS.get(k, "--" + k.replace("_", "-")) in differ]
+            pairs = ", ".join(f"{CONFIG_FLAGS.get(k, k)} {file_config[k]} in the file, {run_config[k]} in this run"
+                              for k in keys)
+            raise SkdError(f"{flag} {path}: the checkpoint is of another network ({pairs}); resume with the "
+                           f"flags of the run that wrote it")
+    if "model" not in state:
+        raise SkdError(f"{flag} {path}: the checkpoint has no 'model' entry")
+    raise_if_unfit(fit_problems(state["model"], net.state_dict()), f"{flag} {path}", net.describe(),
+                   hint="resume with the flags of the run that wrote it, or pass another --resume")
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise SkdError(f"{flag} {path}: does not fit {net.describe()} ({str(e).splitlines()[0]})") from None
+
+
+def resume(models, path: Path, state: dict) -> tuple[int, float]:
+    """Load a training checkpoint into `models` (a skd.engine.steps.Training); (step, best mIoU).
+
+    Every entry the run's models need must be there: a checkpoint of a run without --ho (no
+    discriminator) or without a connector is refused, naming the entry.
+    """
+    student, critic = models.raw_student, models.raw_critic
+    load_model_state(student.net, state, path)
+    connectors = state.get("connectors", {"cwd": state["connector"]} if "connector" in state else {})
+    try:
+        models.opt_g.load_state_dict(state["optimizer"])
+        for name, module in student.connectors.items():
+            if name not in connectors:
+                raise KeyError(f"connectors.{name}")
+            module.load_state_dict(connectors[name])
+        if critic is not None:
+            critic.disc.load_state_dict(state["disc"])
+            models.opt_d.load_state_dict(state["opt_d"])
+        if models.scaler is not None and "scaler" in state:
+            models.scaler.load_state_dict(state["scaler"])
+        step, best = state["step"], state["best_miou"]
+    except KeyError as e:
+        raise SkdError(f"--resume {path}: the checkpoint has no {e.args[0]!r} entry; it was saved by a run with "
+                       f"other flags (--ho, a connector of --cwd-on) or is not a training checkpoint; resume "
+                       f"with that run's flags") from None
+    except (RuntimeError, ValueError) as e:
+        raise SkdError(f"--resume {path}: does not match this run's models/flags "
+                       f"({str(e).splitlines()[0]})") from None
+    return step, best

@@ -32,6 +32,18 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def configure_numerics(tf32: bool) -> None:
+    """--tf32: whether float32 convolutions and matmuls may run as TF32 on GPUs that have it.
+
+    PyTorch lets cuDNN convolutions use TF32 by default; False (skd's default) turns that off for
+    cuDNN and matmul, so "float32" means float32, the numerics the original trained with.
+    No effect on the CPU.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
 def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A zero-argument context-manager factory: torch.amp.autocast for --amp bf16/fp16, else a no-op."""
     if amp == "off":

@@ -1,101 +1,156 @@
 """One training step, supervised or distilled, readable top to bottom.
 
-Read by `skd.train`. The G step (student) and then, with --ho, the D step (discriminator)
-follow the original SKD training step; SPEC.md §2 gives the order and the scaling.
+The G step (student) and then, with ho, the D step (discriminator) follow the original SKD
+training step (networks/kd_model.py, lines 119-173; docs/reproduction.md gives the order and the
+scaling). Every term is computed unweighted, then weighed from one dict (`StepConfig.weights`),
+and both values are returned, so the logs keep each term's value whatever its lambda.
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from skd.losses import (channel_wise_loss, discriminator_loss, dist_loss, generator_loss,
-                        gradient_penalty, kd_loss, pair_wise_loss, pixel_wise_loss, task_loss)
+from skd.engine.terms import CRITIC_TERMS, TERMS, TERMS_BY_NAME, TermInputs, d_input
+from skd.errors import SkdError
+from skd.losses import discriminator_loss, gradient_penalty, task_loss
 from skd.models import PSPNetOutput
+from skd.models.convention import SKD_INPUT, InputSpec
+from skd.parallel import process_group_active
 
 
 @dataclass(frozen=True)
 class StepConfig:
-    """The loss switches and weights of one step (built from the flags by `from_args`)."""
-    aux_weight: float = 0.4
-    ohem_thresh: float | None = None
-    ohem_keep: int = 100000
-    pi: bool = False
-    lambda_pi: float = 10.0
-    pi_temperature: float = 1.0
-    pa: bool = False
-    lambda_pa: float = 0.5
-    pool_scale: float = 0.5
-    pa_node_size: int | None = None
-    pa_pool: str = "max"
-    ho: bool = False
-    lambda_d: float = 0.1
-    lambda_gp: float = 10.0
-    adv_loss_type: str = "wgan-gp"
-    d_input_size: int = 0
-    cwd: bool = False
-    lambda_cwd: float = 3.0
-    cwd_tau: float = 4.0
-    cwd_on: str = "logits"
-    dist: bool = False
-    lambda_dist: float = 1.0
-    dist_beta: float = 1.0
-    dist_gamma: float = 1.0
-    dist_tau: float = 1.0
-    kd: bool = False
-    lambda_kd: float = 1.0
-    kd_temperature: float = 4.0
-    world_size: int = 1
+    """What one step computes, built from the flags by `from_args` (and only from them).
+
+    terms:   the active distillation terms, in skd.engine.terms.TERMS order;
+    weights: the coefficient of every logged term ("task", each term, "d_adv", "d_gp");
+    params:  every term's hyper-parameters, by flag dest (e.g. "pool_scale");
+    aux_weight, ohem_thresh (None: plain cross-entropy), ohem_keep: the task loss;
+    adv_loss_type: the critic's objective; world_size: ranks of the process group.
+    """
+
+    terms: tuple[str, ...]
+    weights: Mapping[str, float]
+    params: Mapping[str, Any]
+    aux_weight: float
+    ohem_thresh: float | None
+    ohem_keep: int
+    adv_loss_type: str
+    world_size: int
+
+    # Flags the config reads besides the terms' own (switch, lambda, hyper-parameters).
+    CORE_FLAGS = ("aux_weight", "ohem", "ohem_thresh", "ohem_keep")
 
     @classmethod
-    def from_args(cls, args, world_size: int = 1) -> "StepConfig":
-        fields = {k: getattr(args, k) for k in cls.__dataclass_fields__ if hasattr(args, k)}
-        fields["ohem_thresh"] = args.ohem_thresh if args.ohem else None
-        fields["world_size"] = world_size
-        return cls(**fields)
+    def flag_dests(cls) -> list[str]:
+        """Every flag dest `from_args` reads: each must be a flag of skd-train."""
+        dests = list(cls.CORE_FLAGS)
+        for term in TERMS:
+            dests += [term.name, term.weight.dest] + [f.dest for f in term.params]
+        return dests
+
+    @classmethod
+    def from_args(cls, args: Any, world_size: int = 1) -> "StepConfig":
+        """The config of the parsed flags; SkdError naming a dest the flags lack (a flag renamed or
+        removed must fail here, not train at some default)."""
+        missing = [d for d in cls.flag_dests() if not hasattr(args, d)]
+        if missing:
+            raise SkdError(f"step config: no flag --{missing[0].replace('_', '-')} in the parsed arguments "
+                           f"({len(missing)} missing); every StepConfig setting must come from a flag")
+        terms = tuple(t.name for t in TERMS if getattr(args, t.name))
+        weights = {"task": 1.0, "d_adv": args.lambda_d, "d_gp": args.lambda_d * args.lambda_gp}
+        for t in TERMS:
+            weights[t.name] = getattr(args, t.weight.dest) * (world_size if t.batch_summed else 1)
+        params = {f.dest: getattr(args, f.dest) for t in TERMS for f in t.params}
+        return cls(terms=terms, weights=weights, params=params, aux_weight=args.aux_weight,
+                   ohem_thresh=args.ohem_thresh if args.ohem else None, ohem_keep=args.ohem_keep,
+                   adv_loss_type=args.adv_loss_type, world_size=world_size)
 
     @property
     def distills(self) -> bool:
-        return self.pi or self.pa or self.ho or self.cwd or self.dist or self.kd
+        return bool(self.terms)
+
+    @property
+    def ho(self) -> bool:
+        return "ho" in self.terms
+
+    @property
+    def student_terms(self) -> tuple[str, ...]:
+        """The terms that enter the student's loss, in order: the list the logged total sums."""
+        return ("task",) + self.terms
+
+
+@dataclass
+class StepResult:
+    """raw: each term's unweighted value; weighted: as it entered its loss (weight x raw; the
+    task under DDP also carries its valid-pixel share). loss: the student's total."""
+
+    raw: dict[str, float]
+    weighted: dict[str, float]
+    loss: float = field(default=0.0)
 
 
 class DistillStudent(nn.Module):
-    """The student network plus the optional CWD feature connector, as one module for DDP."""
+    """The student network plus the connectors of the terms that map its maps to the teacher's
+    channels, as one module for DDP (so every trained parameter is used inside its forward).
 
-    def __init__(self, net: nn.Module, connector: nn.Module | None = None):
+    connectors: term name -> (the output it reads, the connector module).
+    """
+
+    def __init__(self, net: nn.Module, connectors: Mapping[str, tuple[str, nn.Module]] | None = None):
         super().__init__()
         self.net = net
-        self.connector = connector
+        self.reads = {name: feature for name, (feature, _) in (connectors or {}).items()}
+        self.connectors = nn.ModuleDict({name: module for name, (_, module) in (connectors or {}).items()})
 
-    def forward(self, x: torch.Tensor) -> tuple[PSPNetOutput, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor) -> tuple[PSPNetOutput, dict[str, torch.Tensor]]:
         out = self.net(x)
-        return out, (self.connector(out.feat) if self.connector is not None else None)
+        return out, {name: c(getattr(out, self.reads[name])) for name, c in self.connectors.items()}
 
 
 class CriticLoss(nn.Module):
-    """The discriminator's whole loss in one forward, so DDP sees one forward per backward.
+    """The discriminator's unweighted terms in one forward, so DDP sees one forward per backward.
 
-    forward(teacher_logits, student_logits) -> (loss, terms): loss = lambda_d * objective +
-    lambda_d * lambda_gp * gradient penalty (the penalty with wgan-gp only).
+    forward(teacher_logits, student_logits) -> {"d_adv": objective, "d_gp": gradient penalty}
+    (the penalty with wgan-gp only); the step weighs them with StepConfig.weights.
     """
 
-    def __init__(self, disc: nn.Module, kind: str = "wgan-gp", lambda_d: float = 0.1, lambda_gp: float = 10.0):
+    def __init__(self, disc: nn.Module, kind: str):
         super().__init__()
         self.disc = disc
         self.kind = kind
-        self.lambda_d = lambda_d
-        self.lambda_gp = lambda_gp
 
-    def forward(self, t_logits: torch.Tensor, s_logits: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        d_student = self.disc(s_logits)
-        d_teacher = self.disc(t_logits)
-        terms = {"d_adv": self.lambda_d * discriminator_loss(d_teacher, d_student, self.kind)}
+    def forward(self, t_logits: torch.Tensor, s_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = {"d_adv": discriminator_loss(self.disc(t_logits), self.disc(s_logits), self.kind)}
         if self.kind == "wgan-gp":
-            terms["d_gp"] = self.lambda_d * self.lambda_gp * gradient_penalty(self.disc, t_logits, s_logits)
-        return sum(terms.values()), terms
+            terms["d_gp"] = gradient_penalty(self.disc, t_logits, s_logits)
+        return terms
+
+
+@dataclass
+class Training:
+    """What a run trains: built by skd.engine.build.build_training."""
+
+    net: nn.Module                  # the student network
+    student: nn.Module              # DistillStudent (net + connectors), or its DDP wrapper
+    teacher: nn.Module | None       # eval mode, frozen; None without distillation
+    critic: nn.Module | None        # CriticLoss (or its DDP wrapper), with ho
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
+    scaler: torch.amp.GradScaler | None  # --amp fp16 only
+
+    @property
+    def raw_student(self) -> DistillStudent:
+        return _unwrap(self.student)
+
+    @property
+    def raw_critic(self) -> CriticLoss | None:
+        return _unwrap(self.critic) if self.critic is not None else None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -106,88 +161,97 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if hasattr(module, "module") else module
 
 
-def _teacher_forward(teacher: nn.Module, image: torch.Tensor, autocast) -> PSPNetOutput:
-    """Teacher in eval mode under inference_mode; the two maps the losses read are cloned out
-    of inference mode, since autograd may not save inference tensors for the student's backward."""
-    with torch.inference_mode(), autocast():
-        t = teacher(image)
-    return t._replace(logits=t.logits.clone(), feat=t.feat.clone())
+def _float_maps(out: PSPNetOutput, names: set[str]) -> PSPNetOutput:
+    """The maps the losses read in float32 whatever the autocast dtype: the softmaxes and graphs
+    need the range."""
+    return out._replace(**{n: getattr(out, n).float() for n in names})
 
 
-def train_step(image: torch.Tensor, label: torch.Tensor, student: nn.Module, opt_g: torch.optim.Optimizer,
-               cfg: StepConfig, teacher: nn.Module | None = None, critic: nn.Module | None = None,
-               opt_d: torch.optim.Optimizer | None = None, scaler: torch.amp.GradScaler | None = None,
-               autocast=contextlib.nullcontext) -> dict[str, float]:
-    """One G step (and D step with cfg.ho). image (B,3,H,W), label (B,H,W) train ids.
+def train_step(image: torch.Tensor, label: torch.Tensor, *, models: Training, cfg: StepConfig,
+               autocast=contextlib.nullcontext, channels_last: bool = False) -> StepResult:
+    """One G step (and D step with ho). image (B, 3, H, W) raw BGR 0..255 (NaN where padded),
+    label (B, H, W) class ids, 255 ignored; each network normalises the image its own way.
 
-    Returns the loss terms as floats, weighted as they enter the loss ("task", "pi", "pa",
-    "ho", "cwd", "dist", "kd", "d_adv", "d_gp"). Raises NonFiniteLoss when a term, the
-    critic's included, is NaN/Inf on any rank; the models are then exactly as before the call:
-    no optimizer has stepped, and the buffers the forward passes updated (BatchNorm running
-    statistics, the critic's spectral-norm vectors) are restored.
+    Raises NonFiniteLoss when a term, the critic's included, is NaN/Inf on any rank; the models
+    are then exactly as before the call: no optimizer has stepped, and the buffers the forward
+    passes updated (BatchNorm running statistics, the critic's spectral-norm vectors) are restored.
     """
-    saved = [(b, b.clone()) for m in (student, critic) if m is not None for b in m.buffers()]
-    t = _teacher_forward(teacher, image, autocast) if cfg.distills else None
+    student, teacher, critic = models.raw_student, models.teacher, models.critic
+    saved = [(b, b.clone()) for m in (student, models.raw_critic) if m is not None for b in m.buffers()]
+    reads = {"logits", "aux_logits"} | {_read(n, cfg) for n in cfg.terms}
 
+    # Forward passes: the teacher in eval mode without a graph, then the student.
+    s_input = _prepare(student.net, image, channels_last)
+    t = None
+    if cfg.distills:
+        same = input_spec(teacher) == input_spec(student.net)
+        with torch.no_grad(), autocast():
+            t = _float_maps(teacher(s_input if same else _prepare(teacher, image, channels_last)), reads)
     with autocast():
-        s, s_feat_proj = student(image)
-    # Losses in float32 whatever the autocast dtype: the softmaxes and graphs need the range.
-    s_logits = s.logits.float()
-    terms = {"task": task_loss(s_logits, s.aux_logits.float(), label, aux_weight=cfg.aux_weight,
-                               ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_keep)}
+        s, projected = models.student(s_input)
+    s = _float_maps(s, reads)
+    projected = {k: v.float() for k, v in projected.items()}
+
+    # The student's terms, unweighted, then weighed.
+    align = input_spec(student.net).align_corners
+    raw = {"task": task_loss(s.logits, s.aux_logits, label, aux_weight=cfg.aux_weight,
+                             ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_keep, align_corners=align)}
+    inputs = TermInputs(s, t, label, projected, models.raw_critic, cfg.params, align)
+    for name in cfg.terms:
+        raw[name] = TERMS_BY_NAME[name].compute(inputs)
+    weighted = {k: cfg.weights[k] * v for k, v in raw.items()}
     if cfg.world_size > 1:
-        terms["task"] = terms["task"] * _valid_pixel_share(label, cfg.world_size)
-    if cfg.pi:
-        # Batch-summed: scale by the world size so DDP's gradient average equals one process.
-        terms["pi"] = cfg.lambda_pi * cfg.world_size * pixel_wise_loss(s_logits, t.logits.float(),
-                                                                       cfg.pi_temperature)
-    if cfg.pa:
-        terms["pa"] = cfg.lambda_pa * pair_wise_loss(s.feat.float(), t.feat.float(), pool_scale=cfg.pool_scale,
-                                                     node_size=cfg.pa_node_size, pool=cfg.pa_pool)
+        weighted["task"] = weighted["task"] * _valid_pixel_share(label, cfg.world_size)
+
+    # The critic's terms read this forward's detached student logits and D as it is, so they
+    # equal the original's (computed after the G step) and can be checked before any update.
+    d_raw: dict[str, torch.Tensor] = {}
     if cfg.ho:
-        disc = _unwrap(critic).disc
-        disc.requires_grad_(False)  # the G step moves the student only; D's grads would be dropped
-        terms["ho"] = cfg.lambda_d * generator_loss(disc(_d_input(s_logits, cfg)))
-        disc.requires_grad_(True)
-    if cfg.cwd:
-        s_map, t_map = (s_logits, t.logits) if cfg.cwd_on == "logits" else (
-            s_feat_proj if s_feat_proj is not None else s.feat, t.feat)
-        terms["cwd"] = cfg.lambda_cwd * channel_wise_loss(s_map.float(), t_map.float(), tau=cfg.cwd_tau)
-    if cfg.dist:
-        terms["dist"] = cfg.lambda_dist * dist_loss(s_logits, t.logits.float(), beta=cfg.dist_beta,
-                                                    gamma=cfg.dist_gamma, tau=cfg.dist_tau)
-    if cfg.kd:
-        terms["kd"] = cfg.lambda_kd * kd_loss(s_logits, t.logits.float(), temperature=cfg.kd_temperature)
-    d_terms = {}
-    if cfg.ho:
-        # The D loss reads this forward's detached student logits and D as it is, so it equals
-        # the original's (computed after the G step) and can be checked before any update.
-        d_loss, d_terms = critic(_d_input(t.logits.float(), cfg), _d_input(s_logits.detach(), cfg))
+        size = cfg.params["d_input_size"]
+        d_raw = critic(d_input(t.logits, size), d_input(s.logits.detach(), size))
+    d_weighted = {k: cfg.weights[k] * v for k, v in d_raw.items()}
     try:
-        _check_finite({**terms, **d_terms}, image.device)
+        _check_finite({**weighted, **d_weighted}, image.device)
     except NonFiniteLoss:
         with torch.no_grad():
             for buf, value in saved:
                 buf.copy_(value)
         raise
 
-    opt_g.zero_grad(set_to_none=True)
-    loss = sum(terms.values())
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(opt_g)
-        scaler.update()
+    models.opt_g.zero_grad(set_to_none=True)
+    loss = sum(weighted.values())
+    if models.scaler is not None:
+        models.scaler.scale(loss).backward()
+        models.scaler.step(models.opt_g)
+        models.scaler.update()
     else:
         loss.backward()
-        opt_g.step()
-    logs = {k: v.item() for k, v in terms.items()}
+        models.opt_g.step()
 
     if cfg.ho:
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        logs.update({k: v.item() for k, v in d_terms.items()})
-    return logs
+        models.opt_d.zero_grad(set_to_none=True)
+        sum(d_weighted.values()).backward()
+        models.opt_d.step()
+    raw.update(d_raw)
+    weighted.update(d_weighted)
+    return StepResult(raw={k: v.item() for k, v in raw.items()}, weighted={k: v.item() for k, v in weighted.items()},
+                      loss=loss.item())
+
+
+def _read(name: str, cfg: StepConfig) -> str:
+    feature = TERMS_BY_NAME[name].feature
+    return feature(cfg.params) if feature is not None else "logits"
+
+
+def input_spec(net: nn.Module) -> InputSpec:
+    """How `net` wants its input (`net.input_spec`; the original's convention when it has none)."""
+    return getattr(net, "input_spec", SKD_INPUT)
+
+
+def _prepare(net: nn.Module, image: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The raw batch normalised the way `net` expects (its input_spec), channels-last if asked."""
+    x = input_spec(net).normalize(image)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _valid_pixel_share(label: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -203,21 +267,17 @@ def _valid_pixel_share(label: torch.Tensor, world_size: int) -> torch.Tensor:
     return (local * world_size / total.clamp(min=1)).float()
 
 
-def _d_input(logits: torch.Tensor, cfg: StepConfig) -> torch.Tensor:
-    """The discriminator's input: the logits as they are (the original), or resized to
-    --d-input-size for crops too small for its four stride-2 convolutions."""
-    if not cfg.d_input_size:
-        return logits
-    return F.interpolate(logits, size=(cfg.d_input_size,) * 2, mode="bilinear", align_corners=True)
-
-
 def _check_finite(terms: dict[str, torch.Tensor], device: torch.device) -> None:
     """Raise NonFiniteLoss naming the first bad term; agreed over ranks so none goes on alone."""
     finite = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()]).to(device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if process_group_active():
         flags = finite.int()
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
         finite = flags.bool()
     if not bool(finite.all()):
         names = [k for k, ok in zip(terms, finite.tolist()) if not ok]
         raise NonFiniteLoss(f"loss term {names[0]!r} is not finite")
+
+
+__all__ = ["CRITIC_TERMS", "CriticLoss", "DistillStudent", "NonFiniteLoss", "StepConfig", "StepResult",
+           "Training", "train_step"]

@@ -47,7 +47,8 @@ class InputSpec:
         x = x - torch.tensor(self.mean, dtype=raw.dtype, device=raw.device).view(1, 3, 1, 1)
         if any(s != 1.0 for s in self.std):
             x = x / torch.tensor(self.std, dtype=raw.dtype, device=raw.device).view(1, 3, 1, 1)
-        return torch.nan_to_num(x, nan=0.0)
+        # NaN (padding) only: an infinite input stays infinite, so the step reports it.
+        return torch.nan_to_num(x, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
 
     def denormalize(self, x: Tensor) -> Tensor:
         """Inverse of `normalize` (padding aside): network input -> raw BGR 0..255, for pictures."""

@@ -6,7 +6,53 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+
+
+def _l2_normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return x / (torch.linalg.vector_norm(x) + eps)
+
+
+class SpectralNorm(nn.Module):
+    """Spectral normalisation as the original SKD code does it (networks/spectral.py, lines 10-35).
+
+    A parametrization of a weight W (out, ...) viewed as a matrix (out, rest): each forward in
+    training mode runs one power iteration in the original's order, v = l2(W^T u), then
+    u = l2(W v), with l2(x) = x / (||x|| + 1e-12), and returns W / sigma, sigma = u . W v (u and v
+    constants, so the gradient reaches W through both W and sigma). u and v start as normalised
+    N(0, 1) draws with no warm-up iterations. torch.nn.utils.parametrizations.spectral_norm
+    differs in three ways: it updates u before v, runs 15 iterations at construction, and
+    normalises with max(||x||, eps). The buffers are named like torch's (`_u`, `_v`), so the
+    state-dict keys are the same.
+    """
+
+    def __init__(self, weight: torch.Tensor, n_power_iterations: int = 1, eps: float = 1e-12) -> None:
+        super().__init__()
+        rows = weight.shape[0]
+        cols = weight[0].numel()
+        self.n_power_iterations = n_power_iterations
+        self.eps = eps
+        self.register_buffer("_u", _l2_normalise(weight.new_empty(rows).normal_(0, 1), eps))
+        self.register_buffer("_v", _l2_normalise(weight.new_empty(cols).normal_(0, 1), eps))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        matrix = weight.flatten(1)
+        if self.training:
+            with torch.no_grad():
+                for _ in range(self.n_power_iterations):
+                    self._v.copy_(_l2_normalise(matrix.t().mv(self._u), self.eps))
+                    self._u.copy_(_l2_normalise(matrix.mv(self._v), self.eps))
+        # Clones: the buffers change in the next forward, which must not alter this graph.
+        u, v = self._u.clone(), self._v.clone()
+        return weight / torch.dot(u, matrix.mv(v))
+
+
+def spectral_norm(module: nn.Module) -> nn.Module:
+    """`module` with its `weight` spectrally normalised the original's way (SpectralNorm)."""
+    # unsafe=True skips registration's consistency forward, which would run a first power
+    # iteration: the original starts training from the raw N(0, 1) draws.
+    parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight.detach()), unsafe=True)
+    return module
 
 
 class SelfAttention(nn.Module):

@@ -1,0 +1,162 @@
+"""What a run is made of, built from the flags: the data, the student, the teacher, the critic,
+the optimizers. Read by skd-train and by scripts/benchmark.py, which times exactly this.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from skd.data import CityscapesDataset, TrainTransform
+from skd.data.sampler import SeededDataset, StepSampler
+from skd.engine.distributed import DistInfo
+from skd.engine.steps import CriticLoss, DistillStudent, StepConfig, Training
+from skd.engine.terms import TERMS_BY_NAME
+from skd.models import Discriminator, build_pspnet, load_backbone, load_weights
+from skd.models.checkpoint import read_checkpoint
+from skd.nn.norm import make_norm
+
+log = logging.getLogger(__name__)
+
+
+def build_student(args) -> tuple[nn.Module, str]:
+    """The student network of the flags and how it was initialised ("random", or the file and
+    the number of tensors read from it)."""
+    net = build_pspnet(args.arch, num_classes=args.num_classes, width_mult=args.width_mult,
+                       norm=args.norm, stem=args.stem)
+    for m in net.modules():
+        if isinstance(m, nn.Dropout2d):
+            m.p = args.dropout
+    if args.restore_from is None:
+        return net, "random"
+    if _is_full_model(args.restore_from):
+        load_weights(net, args.restore_from)
+        return net, f"{args.restore_from} (whole network, {len(net.state_dict())} tensors)"
+    load_backbone(net, args.restore_from)
+    names = set(net.backbone_module_names())
+    loaded = [k for k in net.state_dict() if k.split(".")[0] in names and not k.endswith("num_batches_tracked")]
+    return net, f"{args.restore_from} (ImageNet backbone, {len(loaded)} tensors; heads random)"
+
+
+def _is_full_model(path: Path) -> bool:
+    """Whether a weight file holds a whole network (heads included) rather than an ImageNet backbone."""
+    state = read_checkpoint(path)
+    if not isinstance(state, dict):
+        return True
+    return "skd_format" in state or any(k.removeprefix("module.").startswith(("head.", "pspmodule.", "dsn."))
+                                        for k in state)
+
+
+def build_teacher(args, device: torch.device) -> tuple[nn.Module, str]:
+    """The teacher, loaded from --teacher-ckpt, frozen and in eval mode on `device`."""
+    teacher = build_pspnet(args.teacher_arch, num_classes=args.num_classes, width_mult=args.teacher_width_mult,
+                           norm="bn", stem=args.teacher_stem)
+    load_weights(teacher, args.teacher_ckpt)
+    teacher.requires_grad_(False)
+    return teacher.eval().to(device), f"{args.teacher_ckpt} ({len(teacher.state_dict())} tensors)"
+
+
+@torch.no_grad()
+def map_channels(net: nn.Module) -> dict[str, int]:
+    """Channels of each output map of `net` (PSPNetOutput fields), from one small forward."""
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    out = net(torch.zeros(1, 3, 64, 64, device=device))
+    net.train(was_training)
+    return {name: value.shape[1] for name, value in out._asdict().items()}
+
+
+def build_connectors(net: nn.Module, teacher: nn.Module, cfg: StepConfig, norm: str) -> dict[str, tuple[str, nn.Module]]:
+    """A connector for each active term that reads a map whose channels differ between the two
+    networks (as the term's method defines it, e.g. TorchDistiller's for CWD)."""
+    connectors = {}
+    s_channels = t_channels = None
+    for name in cfg.terms:
+        term = TERMS_BY_NAME[name]
+        if term.connector is None:
+            continue
+        if s_channels is None:
+            s_channels, t_channels = map_channels(net), map_channels(teacher)
+        feature = term.feature(cfg.params)
+        if s_channels[feature] != t_channels[feature]:
+            connectors[name] = (feature, term.connector(s_channels[feature], t_channels[feature], make_norm(norm)))
+    return connectors
+
+
+def build_critic(args) -> CriticLoss:
+    return CriticLoss(Discriminator(args.num_classes), args.adv_loss_type)
+
+
+def build_d_optimizer(args, critic: nn.Module) -> torch.optim.Optimizer:
+    """--d-optimizer sgd: the original's (SKD networks/kd_model.py line 75: SGD, momentum
+    --momentum, weight decay --weight-decay); adam: TorchDistiller's (SemSeg-distill/networks/
+    kd_model.py line 100: Adam, betas 0.9/0.99, no weight decay). Both start at --lr-d."""
+    if args.d_optimizer == "sgd":
+        return torch.optim.SGD(critic.parameters(), lr=args.lr_d, momentum=args.momentum,
+                               weight_decay=args.weight_decay)
+    return torch.optim.Adam(critic.parameters(), lr=args.lr_d, betas=(0.9, 0.99))
+
+
+def build_training(args, cfg: StepConfig, device: torch.device) -> tuple[Training, dict[str, str]]:
+    """Student, teacher, critic and their optimizers from the flags, on `device`, channels-last
+    with --channels-last; not yet compiled (`compile_forwards`) or wrapped in DDP. Also returns
+    how each network was initialised, for the log."""
+    net, init = build_student(args)
+    inits = {"student": init}
+    teacher = None
+    if cfg.distills:
+        teacher, inits["teacher"] = build_teacher(args, device)
+    connectors = build_connectors(net.to(device), teacher, cfg, args.norm) if teacher is not None else {}
+    student = DistillStudent(net, connectors).to(device)
+    for name in connectors:
+        inits[f"{name} connector"] = "random"
+    critic = build_critic(args).to(device) if cfg.ho else None
+    if critic is not None:
+        inits["discriminator"] = "random"
+    if args.channels_last:
+        student.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
+    # The original's student optimizer (SKD networks/kd_model.py line 74); connectors train with it.
+    opt_g = torch.optim.SGD(student.parameters(), lr=args.lr_g, momentum=args.momentum,
+                            weight_decay=args.weight_decay)
+    opt_d = build_d_optimizer(args, critic) if critic is not None else None
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    return Training(net, student, teacher, critic, opt_g, opt_d, scaler), inits
+
+
+def compile_forwards(models: Training) -> None:
+    """--compile: torch.compile the student's and the teacher's network forwards."""
+    net = models.raw_student.net
+    net.forward = torch.compile(net.forward)
+    if models.teacher is not None:
+        models.teacher.forward = torch.compile(models.teacher.forward)
+
+
+def build_train_set(args) -> CityscapesDataset:
+    """The training split with the random scale / mirror / crop of the flags."""
+    return CityscapesDataset(args.data_dir, "train", args.data_list, transform=TrainTransform(
+        args.input_size, random_scale=args.random_scale, random_mirror=args.random_mirror))
+
+
+def build_train_loader(train_set, args, info: DistInfo, device: torch.device, start_step: int = 0) -> DataLoader:
+    """This rank's batches for steps start_step..num_steps, as one pass of one loader (so its
+    workers start once); the sampler draws the global batch and gives each rank its share."""
+    sampler = StepSampler(len(train_set), args.batch_size, args.num_steps, args.seed, info.rank,
+                          info.world_size, start_step)
+    return DataLoader(SeededDataset(train_set), batch_size=args.batch_size // info.world_size, sampler=sampler,
+                      num_workers=args.num_workers, pin_memory=device.type == "cuda",
+                      worker_init_fn=_worker_init, drop_last=False,
+                      # its own generator: the loader's base seed must not consume the global
+                      # stream (dropout, the penalty's alpha), or a resumed run would diverge
+                      generator=torch.Generator().manual_seed(args.seed))
+
+
+def _worker_init(_worker_id: int) -> None:
+    # OpenCV's own thread pool inside every loader process oversubscribes the cores.
+    import cv2
+    cv2.setNumThreads(0)
