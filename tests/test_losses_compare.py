@@ -262,20 +262,18 @@ def test_ifvd_prototypes_carry_gradient_as_in_the_official_code():
 def test_ifvd_is_a_mean_over_every_pixel_and_per_image():
     student, teacher = randn(2, 3, 3, 3, seed=21), randn(2, 5, 3, 3, seed=22)
     label = labels(2, 3, 3, num_classes=3, seed=23, ignored=0.0)
-    full = ifvd_loss(student, teacher, label, 3)
-    # Ignoring pixels removes their terms but not their count in B*h*w.
-    m_s, m_t = intra_class_similarity(student, label, 3), intra_class_similarity(teacher, label, 3)
-    ignored = label.clone()
-    ignored[0, 0] = 255
-    kept = torch.ones_like(label, dtype=torch.bool)
-    kept[0, 0] = False
-    partial = ifvd_loss(student, teacher, ignored, 3)
-    m_s2, m_t2 = intra_class_similarity(student, ignored, 3), intra_class_similarity(teacher, ignored, 3)
-    assert partial.item() == pytest.approx(((m_s2 - m_t2)[kept] ** 2).sum().item() / 18, rel=1e-5)
     # Per-image prototypes: the batch value is the mean of the two single-image values.
+    full = ifvd_loss(student, teacher, label, 3)
     singles = [ifvd_loss(student[i : i + 1], teacher[i : i + 1], label[i : i + 1], 3) for i in range(2)]
-    assert full.item() == pytest.approx(((m_s - m_t) ** 2).mean().item(), rel=1e-6)
     assert full.item() == pytest.approx((singles[0] + singles[1]).item() / 2, rel=1e-5)
+    # An ignored pixel drops out of the sum but not out of the count: the labelled pixels'
+    # squared differences over all 2 * 3 * 3 = 18 pixels, not over the 17 labelled ones.
+    ignored = label.clone()
+    ignored[0, 0, 0] = 255
+    labelled = ignored != 255
+    m_s, m_t = intra_class_similarity(student, ignored, 3), intra_class_similarity(teacher, ignored, 3)
+    expected = ((m_s - m_t)[labelled] ** 2).sum().item() / 18
+    assert ifvd_loss(student, teacher, ignored, 3).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_ifvd_treats_ids_outside_the_classes_like_255_and_all_ignored_as_zero():
