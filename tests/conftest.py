@@ -74,18 +74,19 @@ def step_config(train_args):
 @pytest.fixture(scope="session")
 def tiny_training(train_args, tiny_net):
     """tiny_training(*flags, norm="bn", num_classes=5, seed=0) -> (Training, StepConfig): a
-    PSPNet-R18 x0.125 student, an R18 x0.25 teacher in eval mode and (with ho) the critic, with
-    the optimizers skd-train builds from the flags."""
-    from skd.engine.build import build_d_optimizer
+    PSPNet-R18 x0.125 student (with the connectors its terms need), an R18 x0.25 teacher in eval
+    mode and (with ho) the critic, with the optimizers skd-train builds from the flags."""
+    from skd.engine.build import build_connectors, build_d_optimizer
     from skd.engine.steps import CriticLoss, DistillStudent, StepConfig, Training
     from skd.models import Discriminator
 
     def make(*flags: str, norm: str = "bn", num_classes: int = 5, seed: int = 0):
         args = train_args(*flags, "--num-classes", str(num_classes))
         cfg = StepConfig.from_args(args)
-        student = DistillStudent(tiny_net(num_classes, 0.125, norm, seed=seed))
+        net = tiny_net(num_classes, 0.125, norm, seed=seed)
         teacher = tiny_net(num_classes, 0.25).eval()
         teacher.requires_grad_(False)
+        student = DistillStudent(net, build_connectors(net, teacher, cfg, norm))
         critic = CriticLoss(Discriminator(num_classes), args.adv_loss_type) if cfg.ho else None
         opt_g = torch.optim.SGD(student.parameters(), lr=args.lr_g, momentum=args.momentum,
                                 weight_decay=args.weight_decay)

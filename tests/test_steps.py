@@ -67,10 +67,15 @@ def test_weights_come_from_the_lambdas_and_the_ddp_factor_sits_beside_them(step_
 @pytest.mark.parametrize("flag, terms", [
     ("--lambda-pi", ["pi"]), ("--lambda-pa", ["pa"]), ("--lambda-d", ["ho", "d_adv", "d_gp"]),
     ("--lambda-gp", ["d_gp"]), ("--lambda-cwd", ["cwd"]), ("--lambda-dist", ["dist"]), ("--lambda-kd", ["kd"]),
+    ("--lambda-at", ["at"]), ("--lambda-local", ["local"]), ("--lambda-ifvd", ["ifvd"]),
+    ("--lambda-fitnet", ["fitnet"]),
 ])
 def test_doubling_a_lambda_doubles_its_weighted_terms_and_leaves_every_raw_value(tiny_training, flag, terms):
-    common = ("--cwd", "--dist", "--kd", "--d-input-size", "64")
-    base = run_step(*tiny_training(*common))
+    common = ("--cwd", "--cwd-on", "feat", "--dist", "--kd", "--at", "--local", "--ifvd", "--fitnet",
+              "--d-input-size", "64")
+    models, cfg = tiny_training(*common)
+    assert set(models.raw_student.connectors) == {"cwd", "fitnet"}  # feat: 8 vs 16 channels; FitNet always
+    base = run_step(models, cfg)
     default = float(train_parser().get_default(flag.lstrip("-").replace("-", "_")))
     doubled = run_step(*tiny_training(*common, flag, str(2 * default)))
     assert doubled.raw == base.raw  # the values do not depend on the weights

@@ -72,7 +72,8 @@ def map_channels(net: nn.Module) -> dict[str, int]:
 
 def build_connectors(net: nn.Module, teacher: nn.Module, cfg: StepConfig, norm: str) -> dict[str, tuple[str, nn.Module]]:
     """A connector for each active term that reads a map whose channels differ between the two
-    networks (as the term's method defines it, e.g. TorchDistiller's for CWD)."""
+    networks, or always where the method has one (FitNet), as the method defines it (e.g.
+    TorchDistiller's for CWD, CIRKD's 1x1 convolution for FitNet)."""
     connectors = {}
     s_channels = t_channels = None
     for name in cfg.terms:
@@ -82,7 +83,7 @@ def build_connectors(net: nn.Module, teacher: nn.Module, cfg: StepConfig, norm: 
         if s_channels is None:
             s_channels, t_channels = map_channels(net), map_channels(teacher)
         feature = term.feature(cfg.params)
-        if s_channels[feature] != t_channels[feature]:
+        if term.always_connect or s_channels[feature] != t_channels[feature]:
             connectors[name] = (feature, term.connector(s_channels[feature], t_channels[feature], make_norm(norm)))
     return connectors
 

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from skd.flags import NONNEG, POSITIVE, POSITIVE_INT, UNIT, Flag, choice, switch
-from skd.losses import (Connector, channel_wise_loss, dist_loss, generator_loss, kd_loss, pair_wise_loss,
+from skd.losses import (Connector, FitNetConnector, attention_transfer_loss, channel_wise_loss, dist_loss,
+                        fitnet_loss, generator_loss, ifvd_loss, kd_loss, local_affinity_loss, pair_wise_loss,
                         pixel_wise_loss)
 from skd.losses.holistic import KINDS as ADV_KINDS
 from skd.models import PSPNetOutput
@@ -73,6 +74,7 @@ class Term:
     feature:       params -> the output it reads ("logits", "feat", ...); a connector maps the
                    student's map to the teacher's channels when they differ.
     connector:     (in channels, out channels, norm layer) -> module, for `feature`.
+    always_connect: the method puts the connector in even when the channels agree (FitNet).
     """
 
     name: str
@@ -84,6 +86,7 @@ class Term:
     paper_default: bool = False
     feature: Callable[[Mapping[str, Any]], str] | None = None
     connector: Callable[..., nn.Module] | None = None
+    always_connect: bool = False
 
 
 def _pi(x: TermInputs) -> Tensor:
@@ -140,6 +143,30 @@ def _d_size(text: str) -> int:
     return value
 
 
+def _at(x: TermInputs) -> Tensor:
+    s, t = x.maps("at", x.params["at_on"])
+    return attention_transfer_loss(s, t)
+
+
+def _local(x: TermInputs) -> Tensor:
+    s, t = x.maps("local", x.params["local_on"])
+    return local_affinity_loss(s, t)
+
+
+def _ifvd(x: TermInputs) -> Tensor:
+    s, t = x.maps("ifvd", x.params["ifvd_on"])
+    return ifvd_loss(s, t, x.label, x.s.logits.shape[1])
+
+
+def _fitnet(x: TermInputs) -> Tensor:
+    s, t = x.maps("fitnet", x.params["fitnet_on"])
+    return fitnet_loss(s, t)
+
+
+def _fitnet_connector(in_channels: int, out_channels: int, _norm_layer=None) -> nn.Module:
+    return FitNetConnector(in_channels, out_channels)
+
+
 def _map_flag(name: str, default: str, help: str) -> Flag:
     return choice(name, MAPS, default, f"{help} (one of {', '.join(MAPS)}; default %(default)s)")
 
@@ -190,6 +217,27 @@ TERMS: tuple[Term, ...] = (
          Flag("--lambda-kd", NONNEG, 1.0, "KD weight (default 1)"),
          _kd,
          params=(Flag("--kd-temperature", POSITIVE, 4.0, "KD temperature (default 4)"),)),
+    Term("at", "attention transfer (Zagoruyko and Komodakis 2017)",
+         Flag("--lambda-at", NONNEG, 1000.0, "AT weight (default 1000: the AT paper's beta 1e3 on the map's mean)"),
+         _at,
+         params=(_map_flag("--at-on", "feat", "map AT compares: feat (the PSP bottleneck, CIRKD's) or logits"),),
+         feature=lambda p: p["at_on"]),
+    Term("local", "local affinity: each position's distances to its 8 neighbours (the CWD paper's LOCAL)",
+         Flag("--lambda-local", NONNEG, 1.0, "LOCAL weight (default 1, ours: the CWD paper gives none)"),
+         _local,
+         params=(_map_flag("--local-on", "feat", "map LOCAL compares"),),
+         feature=lambda p: p["local_on"]),
+    Term("ifvd", "intra-class feature variation distillation (Wang et al. 2020)",
+         Flag("--lambda-ifvd", NONNEG, 200.0, "IFVD weight (default 200: the official IFVD options.py line 102)"),
+         _ifvd,
+         params=(_map_flag("--ifvd-on", "feat", "map IFVD compares: feat, the PSP bottleneck (the official "
+                                                "code's preds[2])"),),
+         feature=lambda p: p["ifvd_on"]),
+    Term("fitnet", "FitNet hints through a trained 1x1 connector (Romero et al. 2015)",
+         Flag("--lambda-fitnet", NONNEG, 10.0, "FitNet weight (default 10: CIRKD's train_fitnet.sh)"),
+         _fitnet,
+         params=(_map_flag("--fitnet-on", "feat", "map the hint is taken from"),),
+         feature=lambda p: p["fitnet_on"], connector=_fitnet_connector, always_connect=True),
 )
 TERMS_BY_NAME = {term.name: term for term in TERMS}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from skd.losses._checks import autocast_off, check_same_grid, upcast
+from skd.losses.common import autocast_off, check_same_grid, upcast
 
 
 def attention_map(feat: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from skd.losses._checks import autocast_off, check_same_shape, upcast
+from skd.losses.common import autocast_off, check_same_shape, upcast
 
 
 class FitNetConnector(nn.Module):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from skd.losses._checks import autocast_off, check_same_grid, upcast
+from skd.losses.common import autocast_off, check_same_grid, upcast
 
 # The official `(mask * feat).sum / (mask.sum + 1e-6)` (criterion.py lines 144-145).
 PROTOTYPE_EPS = 1e-6

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from skd.losses._checks import autocast_off, check_same_grid, upcast
+from skd.losses.common import autocast_off, check_same_grid, upcast
 
 # Half of the 8-neighbourhood, as (dy, dx): right, down, down-right, down-left. The other four
 # offsets give the same pairs the other way round, with the same distance.

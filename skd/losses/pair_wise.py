@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from skd.losses.common import check_same_grid
 from skd.nn.affinity import affinity_distance
 
 PAIR_WISE_IMPLS = ("auto", "naive", "gram", "ext")
@@ -205,16 +206,7 @@ def pair_wise_loss(
     give the same value up to rounding. Returns a scalar, a batch mean.
     """
     check_pair_wise_options(pool_scale, node_size, pool, impl)
-    if (
-        student_feat.dim() != 4
-        or teacher_feat.dim() != 4
-        or student_feat.shape[0] != teacher_feat.shape[0]
-        or student_feat.shape[2:] != teacher_feat.shape[2:]
-    ):
-        raise ValueError(
-            f"pair_wise_loss: student {tuple(student_feat.shape)} and teacher {tuple(teacher_feat.shape)} "
-            "must be (B, C, H, W) with the same B, H and W"
-        )
+    check_same_grid(student_feat, teacher_feat, "pair_wise_loss")
     batch, _, h, w = teacher_feat.shape
     kernel = node_kernel(h, w, pool_scale, node_size)
     compute_dtype = torch.float64 if student_feat.dtype == torch.float64 else torch.float32
