@@ -87,7 +87,7 @@ def tiny_training(train_args, tiny_net):
         teacher = tiny_net(num_classes, 0.25).eval()
         teacher.requires_grad_(False)
         student = DistillStudent(net, build_connectors(net, teacher, cfg, norm))
-        critic = CriticLoss(Discriminator(num_classes), args.adv_loss_type) if cfg.ho else None
+        critic = CriticLoss(Discriminator(num_classes, ndf=args.adv_conv_dim), args.adv_loss_type) if cfg.ho else None
         opt_g = torch.optim.SGD(student.parameters(), lr=args.lr_g, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
         opt_d = build_d_optimizer(args, critic) if critic is not None else None

@@ -89,7 +89,7 @@ def build_connectors(net: nn.Module, teacher: nn.Module, cfg: StepConfig, norm: 
 
 
 def build_critic(args) -> CriticLoss:
-    return CriticLoss(Discriminator(args.num_classes), args.adv_loss_type)
+    return CriticLoss(Discriminator(args.num_classes, ndf=args.adv_conv_dim), args.adv_loss_type)
 
 
 def build_d_optimizer(args, critic: nn.Module) -> torch.optim.Optimizer:

@@ -196,6 +196,9 @@ TERMS: tuple[Term, ...] = (
          params=(Flag("--lambda-gp", NONNEG, 10.0, "gradient penalty weight (default 10: SKD utils/train_options.py line 55)"),
                  choice("--adv-loss-type", ADV_KINDS, "wgan-gp", "discriminator objective (default wgan-gp: SKD "
                                                                  "utils/train_options.py line 52)"),
+                 Flag("--adv-conv-dim", POSITIVE_INT, 64, "channels of the discriminator's first convolution "
+                                                         "(then x2, x4, x8; default 64: SKD utils/train_options.py "
+                                                         "line 54)"),
                  Flag("--d-input-size", _d_size, 0,
                       "resize the logits to N x N (bilinear) before the discriminator; 0 = as they are, the "
                       "original (65x65 for a 512 crop). The discriminator needs at least 64x64"))),
