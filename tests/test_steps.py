@@ -180,3 +180,31 @@ def test_copying_a_config_keeps_it_frozen(step_config):
     with pytest.raises(Exception):
         cfg.terms = ()  # type: ignore[misc]
     assert copy.deepcopy(cfg) == cfg
+
+
+# --- any teacher with any student ---------------------------------------------------------------
+
+def test_teacher_maps_of_another_size_are_resized_to_the_students():
+    from skd.engine.terms import TermInputs
+    from skd.models import PSPNetOutput
+
+    def out(size: int, channels: int) -> PSPNetOutput:
+        maps = {f: torch.randn(1, channels, size, size) for f in PSPNetOutput._fields}
+        return PSPNetOutput(**maps)
+
+    s, t = out(9, 4), out(5, 4)
+    for align in (True, False):
+        x = TermInputs(s, t, torch.zeros(1, 9, 9, dtype=torch.long), {}, None, {}, align)
+        s_map, t_map = x.maps("kd", "logits")
+        assert s_map is s.logits
+        assert torch.equal(t_map, F.interpolate(t.logits, size=(9, 9), mode="bilinear", align_corners=align))
+    same = TermInputs(s, out(9, 4), None, {}, None, {})
+    assert same.maps("kd", "logits")[1] is same.t.logits  # no resize when the sizes agree
+
+
+def test_a_teacher_of_other_classes_is_refused_before_the_first_step(tiny_net):
+    from skd.engine.build import check_pair
+    check_pair(tiny_net(5), tiny_net(5, 0.25))
+    with pytest.raises(SkdError, match=r"teacher resnet18 \(width 0.25, 7 classes\) predicts 7 classes and the "
+                                       r"student resnet18 \(width 0.125, 5 classes\) 5"):
+        check_pair(tiny_net(5), tiny_net(7, 0.25))

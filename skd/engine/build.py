@@ -15,6 +15,7 @@ from skd.data.sampler import SeededDataset, StepSampler
 from skd.engine.distributed import DistInfo
 from skd.engine.steps import CriticLoss, DistillStudent, StepConfig, Training
 from skd.engine.terms import TERMS_BY_NAME
+from skd.errors import SkdError
 from skd.models import Discriminator, build_pspnet, load_backbone, load_weights
 from skd.models.checkpoint import read_checkpoint
 from skd.nn.norm import make_norm
@@ -57,6 +58,16 @@ def build_teacher(args, device: torch.device) -> tuple[nn.Module, str]:
     load_weights(teacher, args.teacher_ckpt)
     teacher.requires_grad_(False)
     return teacher.eval().to(device), f"{args.teacher_ckpt} ({len(teacher.state_dict())} tensors)"
+
+
+def check_pair(net: nn.Module, teacher: nn.Module) -> None:
+    """SkdError before the first step when the teacher cannot teach this student: the two must
+    predict the same classes (logit terms compare them class by class)."""
+    s_classes, t_classes = getattr(net, "num_classes", None), getattr(teacher, "num_classes", None)
+    if s_classes != t_classes:
+        describe = lambda m: m.describe() if hasattr(m, "describe") else type(m).__name__  # noqa: E731
+        raise SkdError(f"--teacher-ckpt: the teacher {describe(teacher)} predicts {t_classes} classes and the "
+                       f"student {describe(net)} {s_classes}; distillation needs the same classes (--num-classes)")
 
 
 @torch.no_grad()
@@ -111,6 +122,7 @@ def build_training(args, cfg: StepConfig, device: torch.device) -> tuple[Trainin
     teacher = None
     if cfg.distills:
         teacher, inits["teacher"] = build_teacher(args, device)
+        check_pair(net, teacher)
     connectors = build_connectors(net.to(device), teacher, cfg, args.norm) if teacher is not None else {}
     student = DistillStudent(net, connectors).to(device)
     for name in connectors:
