@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skd.data.base import SegmentationDataset, Transform, missing_images_error, resolve_root
+from skd.data.base import SegmentationDataset, Transform, pair_folders, resolve_root
 from skd.data.files import Item, read_pair_list
 from skd.data.info import (
     DatasetInfo,
@@ -155,12 +155,5 @@ class ADE20KDataset(SegmentationDataset):
         if not image_dir.is_dir():
             raise SkdError(f"--data-dir {self.data_dir}: no images/{folder} folder; expected "
                            f"the ADE20K layout ({_LAYOUT})")
-        images = sorted(image_dir.glob("*.jpg"))
-        masks = {p.stem: p for p in mask_dir.glob("*.png")} if mask_dir.is_dir() else {}
-        if has_labels:
-            orphans = sorted(str(p) for stem, p in masks.items()
-                             if not (image_dir / f"{stem}.jpg").is_file())
-            if orphans:
-                raise missing_images_error(f"--data-dir {self.data_dir} split {self.split}",
-                                           orphans, str(image_dir))
-        return [(image, masks.get(image.stem)) for image in images]
+        return pair_folders(image_dir, mask_dir, ".jpg",
+                            f"--data-dir {self.data_dir} split {self.split}", has_labels)

@@ -176,6 +176,21 @@ def resolve_root(data_dir: Path, marker: str, nested: tuple[str, ...], title: st
                    + f"; expected the {title} layout ({layout})")
 
 
+def pair_folders(image_dir: Path, mask_dir: Path, image_suffix: str, source: str,
+                 check_orphans: bool) -> list[Item]:
+    """(image, mask or None) for every `*<image_suffix>` of `image_dir`, sorted, the mask being
+    `mask_dir/<stem>.png`. With `check_orphans`, masks whose image is missing are an error
+    (a masks folder without its images)."""
+    images = sorted(image_dir.glob(f"*{image_suffix}"))
+    masks = {p.stem: p for p in mask_dir.glob("*.png")} if mask_dir.is_dir() else {}
+    if check_orphans:
+        orphans = sorted(str(p) for stem, p in masks.items()
+                         if not (image_dir / f"{stem}{image_suffix}").is_file())
+        if orphans:
+            raise missing_images_error(source, orphans, str(image_dir))
+    return [(image, masks.get(image.stem)) for image in images]
+
+
 def missing_images_error(source: str, orphans: list[str], where: str) -> SkdError:
     """The error for masks whose image is missing (a masks folder without its images)."""
     return SkdError(f"{source}: {len(orphans)} mask(s) have no image in {where}: "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skd.data.base import SegmentationDataset, Transform, missing_images_error, resolve_root
+from skd.data.base import SegmentationDataset, Transform, pair_folders, resolve_root
 from skd.data.files import Item, read_pair_list
 from skd.data.info import (
     DatasetInfo,
@@ -119,12 +119,5 @@ class CamVidDataset(SegmentationDataset):
         if not image_dir.is_dir():
             raise SkdError(f"--data-dir {self.data_dir}: no {split}/ folder next to "
                            f"{split}annot/; expected the CamVid layout ({_LAYOUT})")
-        images = sorted(image_dir.glob("*.png"))
-        masks = {p.name: p for p in mask_dir.glob("*.png")} if mask_dir.is_dir() else {}
-        if has_labels:
-            orphans = sorted(str(p) for name, p in masks.items()
-                             if not (image_dir / name).is_file())
-            if orphans:
-                raise missing_images_error(f"--data-dir {self.data_dir} split {split}", orphans,
-                                           str(image_dir))
-        return [(image, masks.get(image.name)) for image in images]
+        return pair_folders(image_dir, mask_dir, ".png",
+                            f"--data-dir {self.data_dir} split {split}", has_labels)

@@ -102,8 +102,8 @@ def split_list(root: Path, split: str) -> Path:
     for name in names:
         if (folder / name).is_file():
             return folder / name
-    fix = (f"make it with mmsegmentation's tools/dataset_converters/voc_aug.py (it writes "
-           f"trainaug.txt), or pass CIRKD's dataset/list/voc/train_aug.txt with --data-list"
+    fix = ("make it with mmsegmentation's tools/dataset_converters/voc_aug.py (it writes "
+           "trainaug.txt), or pass CIRKD's dataset/list/voc/train_aug.txt with --data-list"
            if split == AUG_SPLIT else "re-extract VOCtrainval_11-May-2012.tar (VOC2012test.tar "
            "for test), or pass a list with --data-list")
     raise SkdError(f"--data-dir {root} split {split}: no split list "
