@@ -141,6 +141,16 @@ def _folder_tree(root: Path, classes: str = "road 128 64 128\nsky 70 130 180\ntr
     return masks
 
 
+def _pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _mode(path) -> str:
+    with Image.open(path) as im:
+        return im.mode
+
+
 def _labels(dataset) -> list[np.ndarray]:
     return [dataset[i][1].numpy() for i in range(len(dataset))]
 
@@ -425,7 +435,7 @@ def test_folder_errors(tmp_path):
 
 def _decode_written(name: str, path: Path) -> np.ndarray:
     """Train ids of a written prediction, by the dataset's rule typed here."""
-    values = np.asarray(Image.open(path)).astype(np.int64)
+    values = _pixels(path).astype(np.int64)
     if name == "ade20k":
         return np.where(values == 0, 255, values - 1)
     if name == "camvid":
@@ -445,7 +455,7 @@ def test_palette_outputs_round_trip_in_the_dataset_encoding(tmp_path, name):
         assert im.mode == "P"
         palette = np.array(im.getpalette()[:768]).reshape(256, 3)
     np.testing.assert_array_equal(_decode_written(name, path), train_ids)
-    values = np.asarray(Image.open(path))
+    values = _pixels(path)
     for value in np.unique(values):  # each id is drawn in its class colour
         class_id = _decode_written(name, path)[values == value][0]
         if class_id != 255:
@@ -459,8 +469,8 @@ def test_cityscapes_output_is_labelids_and_colour(tmp_path):
                                                           train_ids)
     assert label_path == tmp_path / "labelIds" / "berlin" / "berlin_000000_000019_labelIds.png"
     assert colour_path == tmp_path / "color" / "berlin" / "berlin_000000_000019_color.png"
-    assert np.asarray(Image.open(label_path)).tolist() == [[7, 26, 33], [23, 0, 17]]
-    assert np.asarray(Image.open(colour_path))[0, 1].tolist() == [0, 0, 142]  # car
+    assert _pixels(label_path).tolist() == [[7, 26, 33], [23, 0, 17]]
+    assert _pixels(colour_path)[0, 1].tolist() == [0, 0, 142]  # car
 
 
 def test_folder_output_uses_the_classes_file_colours(tmp_path):
@@ -508,20 +518,20 @@ def test_every_layout_reads_back_through_the_registry(synthetic):
 def test_synthetic_layouts_map_the_same_scene_to_each_datasets_classes(synthetic):
     """The train scene 0 of every layout is the Cityscapes scene 0 relabelled: where the
     Cityscapes labelIds say car (26) the others say their car."""
-    cs = np.asarray(Image.open(next(synthetic["cityscapes"].glob(
-        "gtFine/train/aachen/aachen_000000_*_labelIds.png"))))
+    cs = _pixels(next(synthetic["cityscapes"].glob(
+        "gtFine/train/aachen/aachen_000000_*_labelIds.png")))
     car = cs == 26
     assert car.any()
-    voc = np.asarray(Image.open(synthetic["voc"] / "VOCdevkit/VOC2012/SegmentationClass/2007_000000.png"))
-    assert Image.open(synthetic["voc"] / "VOCdevkit/VOC2012/SegmentationClass/2007_000000.png").mode == "P"
+    voc = _pixels(synthetic["voc"] / "VOCdevkit/VOC2012/SegmentationClass/2007_000000.png")
+    assert _mode(synthetic["voc"] / "VOCdevkit/VOC2012/SegmentationClass/2007_000000.png") == "P"
     assert set(np.unique(voc[car])) <= {7, 255} and (voc[car] == 7).any()  # 255: object borders
     assert (voc[cs == 23] == 0).all()  # sky is background
-    ade = np.asarray(Image.open(
-        synthetic["ade20k"] / "ADEChallengeData2016/annotations/training/ADE_train_00000001.png"))
+    ade = _pixels(
+        synthetic["ade20k"] / "ADEChallengeData2016/annotations/training/ADE_train_00000001.png")
     assert (ade[car] == 21).all() and (ade[cs == 23] == 3).all() and (ade[cs == 0] == 0).all()
-    camvid = np.asarray(Image.open(synthetic["camvid"] / "CamVid/trainannot/0001TP_000000.png"))
+    camvid = _pixels(synthetic["camvid"] / "CamVid/trainannot/0001TP_000000.png")
     assert (camvid[car] == 8).all() and (camvid[cs == 23] == 0).all() and (camvid[cs == 0] == 11).all()
-    folder = np.asarray(Image.open(synthetic["folder"] / "masks/train_0000.png"))
+    folder = _pixels(synthetic["folder"] / "masks/train_0000.png")
     assert (folder[car] == 6).all() and (folder[cs == 0] == 255).all()
     names, colours = read_classes(synthetic["folder"] / "classes.txt")
     assert names[6] == "vehicle" and names[7] == "street furniture" and colours is not None
@@ -534,7 +544,7 @@ def test_synthetic_voc_lists_and_sbd_masks(synthetic):
     assert read("trainval") == read("train") + read("val") and read("test") == ["2009_000000"]
     assert read("train_aug") == read("train") + ["2011_000000"]  # plus num_train // 2 SBD-only
     aug = synthetic["voc"] / "VOCdevkit/VOC2012/SegmentationClassAug/2011_000000.png"
-    assert Image.open(aug).mode == "L"
+    assert _mode(aug) == "L"
     assert (synthetic["voc"] / "VOCdevkit/VOC2012/JPEGImages/2009_000000.jpg").is_file()
 
 
@@ -542,15 +552,15 @@ def test_synthetic_cityscapes_instance_ids_follow_cityscapesscripts(synthetic):
     """Stuff pixels hold their labelId, instance pixels labelId * 1000 + k (instId // 1000 is
     the labelId, as evalPixelLevelSemanticLabeling reads it), each instance one region."""
     for label_path in synthetic["cityscapes"].glob("gtFine/*/*/*_labelIds.png"):
-        ids = np.asarray(Image.open(label_path)).astype(np.int64)
-        inst = np.asarray(Image.open(str(label_path).replace("labelIds", "instanceIds"))).astype(np.int64)
+        ids = _pixels(label_path).astype(np.int64)
+        inst = _pixels(str(label_path).replace("labelIds", "instanceIds")).astype(np.int64)
         things = np.isin(ids, [24, 25, 26, 27, 28, 29, 30, 31, 32, 33])
         np.testing.assert_array_equal(inst[~things], ids[~things])
         np.testing.assert_array_equal(inst[things] // 1000, ids[things])
         for value in np.unique(inst[things]):
             count, _ = cv2.connectedComponents((inst == value).astype(np.uint8), connectivity=8)
             assert count == 2, (label_path, value)
-        colour = np.asarray(Image.open(str(label_path).replace("labelIds", "color")))
+        colour = _pixels(str(label_path).replace("labelIds", "color"))
         assert (colour[ids == 7] == (128, 64, 128)).all() and (colour[ids == 26] == (0, 0, 142)).all()
 
 
