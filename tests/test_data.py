@@ -319,18 +319,24 @@ def test_synthetic_layout_and_names_are_exactly_cityscapes(synthetic_root):
     pattern = re.compile(r"^([a-z]+)_(\d{6})_(\d{6})_leftImg8bit\.png$")
     for split, count in SPLIT_COUNTS.items():
         images = sorted((synthetic_root / "leftImg8bit" / split).glob("*/*"))
-        labels = sorted((synthetic_root / "gtFine" / split).glob("*/*"))
-        assert len(images) == count and len(labels) == count
+        gt_files = sorted((synthetic_root / "gtFine" / split).glob("*/*"))
+        assert len(images) == count and len(gt_files) == 3 * count
         for image in images:
             match = pattern.match(image.name)
             assert match and match.group(1) == image.parent.name
-            label = (synthetic_root / "gtFine" / split / image.parent.name
-                     / image.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png"))
-            assert label in labels
+            base = (synthetic_root / "gtFine" / split / image.parent.name
+                    / image.name.replace("_leftImg8bit.png", "_gtFine_"))
+            label, instances, colour = (Path(f"{base}{kind}.png")
+                                        for kind in ("labelIds", "instanceIds", "color"))
+            assert {label, instances, colour} <= set(gt_files)
             with Image.open(image) as im:
                 assert im.mode == "RGB" and im.size == (SYN_W, SYN_H)
             with Image.open(label) as im:
                 assert im.mode == "L" and im.size == (SYN_W, SYN_H)
+            with Image.open(instances) as im:  # 16-bit, as cityscapesScripts reads them
+                assert im.mode.startswith("I") and im.size == (SYN_W, SYN_H)
+            with Image.open(colour) as im:
+                assert im.mode == "RGB" and im.size == (SYN_W, SYN_H)
     top = {p.relative_to(synthetic_root).as_posix() for p in synthetic_root.iterdir()}
     assert top == {"leftImg8bit", "gtFine"}
 
@@ -338,7 +344,7 @@ def test_synthetic_layout_and_names_are_exactly_cityscapes(synthetic_root):
 def test_synthetic_same_seed_gives_identical_bytes_whatever_the_counts(synthetic_root, tmp_path):
     again = make_synthetic(tmp_path / "again", 2, 1, 1, height=SYN_H, width=SYN_W, seed=0)
     files, reference = _files(again), _files(synthetic_root)
-    assert len(files) == 8
+    assert len(files) == 4 * 4  # image, labelIds, instanceIds, color for 2 + 1 + 1 frames
     for name, data in files.items():
         assert reference[name] == data, name
 
@@ -377,7 +383,7 @@ def test_make_synthetic_cli_writes_the_dataset_and_prints_it(tmp_path, capsys):
     synthetic_main(["--out", str(tmp_path / "cli"), "--num-train", "1", "--num-val", "0",
                     "--num-test", "0", "--height", "32", "--width", "64", "--seed", "5"])
     assert str(tmp_path / "cli") in capsys.readouterr().out
-    assert len(list((tmp_path / "cli").rglob("*.png"))) == 2
+    assert len(list((tmp_path / "cli").rglob("*.png"))) == 4  # image + 3 gtFine files
 
 
 # -- dataset ------------------------------------------------------------------------------------

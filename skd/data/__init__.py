@@ -1,5 +1,10 @@
-"""Cityscapes data: label definitions, joint transforms, the dataset and a synthetic generator."""
+"""Datasets (Cityscapes, Pascal VOC + SBD, ADE20K, CamVid, a folder of one's own) behind one
+interface and one registry, label definitions, joint transforms and a synthetic generator."""
+from skd.data.ade20k import ADE20K, ADE20KDataset
+from skd.data.base import SegmentationDataset
+from skd.data.camvid import CAMVID, CamVidDataset
 from skd.data.cityscapes import (
+    CITYSCAPES,
     CityscapesDataset,
     read_image,
     read_label_ids,
@@ -8,6 +13,8 @@ from skd.data.cityscapes import (
     scan_split,
     write_list,
 )
+from skd.data.folder import FolderDataset, read_classes
+from skd.data.info import DatasetInfo, Recipe
 from skd.data.labels import (
     CLASS_NAMES,
     IGNORE_INDEX,
@@ -22,7 +29,16 @@ from skd.data.labels import (
     to_label_ids,
     to_train_ids,
 )
+from skd.data.registry import (
+    DATASETS,
+    build_dataset,
+    dataset_class,
+    dataset_info,
+    dataset_names,
+    dataset_recipe,
+)
 from skd.data.transforms import EvalTransform, TrainTransform
+from skd.data.voc import VOC, VOCDataset
 
 
 def __getattr__(name: str):
@@ -35,7 +51,25 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'skd.data' has no attribute {name!r}")
 
 __all__ = [
+    "ADE20K",
+    "CAMVID",
+    "CITYSCAPES",
     "CLASS_NAMES",
+    "DATASETS",
+    "VOC",
+    "ADE20KDataset",
+    "CamVidDataset",
+    "DatasetInfo",
+    "FolderDataset",
+    "Recipe",
+    "SegmentationDataset",
+    "VOCDataset",
+    "build_dataset",
+    "dataset_class",
+    "dataset_info",
+    "dataset_names",
+    "dataset_recipe",
+    "read_classes",
     "IGNORE_INDEX",
     "IMG_MEAN",
     "IMG_MEAN_F64",

@@ -7,58 +7,45 @@ run: scan the standard layout
 or read a list file in the original SKD format (`image<TAB>label` relative to the data dir), which
 pins a run's exact image set; `write_list` produces one from any item list.
 """
-import logging
-import os
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from PIL import Image
 
-from skd.data.labels import IGNORE_INDEX, MAX_LABEL_ID, to_train_ids
-from skd.data.transforms import EvalTransform
+from skd.data.base import SegmentationDataset, Transform
+from skd.data.files import (
+    MAX_PIXELS,
+    MAX_REPORTED,
+    DataFileError,
+    Item,
+    cv2_read,
+    read_image,
+    read_pair_list,
+    write_pair_list,
+)
+from skd.data.info import DatasetInfo, Recipe, write_png
+from skd.data.labels import (
+    CLASS_NAMES,
+    LABEL_ID_COLORS,
+    LABEL_ID_TO_TRAIN_ID,
+    MAX_LABEL_ID,
+    PALETTE,
+    TRAIN_ID_TO_LABEL_ID,
+    colorize,
+    to_label_ids,
+    to_train_ids,
+)
 from skd.errors import SkdError
 
-logger = logging.getLogger(__name__)
-
-Item = tuple[Path, Path | None]
-Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
+__all__ = [
+    "CITYSCAPES", "MAX_PIXELS", "MAX_REPORTED", "CityscapesDataset", "DataFileError", "Item",
+    "Transform", "read_image", "read_label_ids", "read_list", "sample_name", "scan_split",
+    "write_cityscapes_prediction", "write_list",
+]
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
-# Long problem lists are cut here so the one-line message stays readable.
-MAX_REPORTED = 20
-# Largest image the loader decodes: 64 Mpixel, 32 Cityscapes frames. A header that claims more is
-# refused before any pixel is decoded: a PNG of zeros compresses about 1000:1, so a few hundred
-# kilobytes of corrupt or hostile file would otherwise cost gigabytes (BGR, then float32).
-MAX_PIXELS = 1 << 26
-
-
-class DataFileError(SkdError):
-    """SkdError for a data file that fails while a sample is loaded.
-
-    A DataLoader worker re-raises an exception in the main process as
-    `type(exc)("Caught <type> in DataLoader worker process N.\\nOriginal Traceback ...")`, which
-    would put a worker traceback into the entry points' one-line message; built that way, this
-    class keeps only the original message (the traceback's last line).
-    """
-
-    def __init__(self, message: str) -> None:
-        prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
-        if message.startswith("Caught ") and prefix in message:
-            message = message.rsplit(prefix, 1)[1].strip()
-        super().__init__(message)
-
-
-def _summarize(problems: Sequence[str]) -> str:
-    """Join up to MAX_REPORTED problems on one line, then say how many were left out."""
-    shown = "; ".join(problems[:MAX_REPORTED])
-    if len(problems) > MAX_REPORTED:
-        shown += f"; ... and {len(problems) - MAX_REPORTED} more"
-    return shown
 
 
 def _check_data_dir(data_dir: Path) -> None:
@@ -114,39 +101,9 @@ def read_list(data_dir: str | Path, list_path: str | Path) -> list[Item]:
         SkdError naming the list file: unreadable, a malformed line, or listed files that do not
         exist (all of them, up to 20, in one message).
     """
-    data_dir, list_path = Path(data_dir), Path(list_path)
+    data_dir = Path(data_dir)
     _check_data_dir(data_dir)
-    try:
-        lines = list_path.read_text().splitlines()
-    except OSError as exc:
-        raise SkdError(f"list file {list_path}: cannot be read ({exc.strerror}); check the path")
-
-    items: list[Item] = []
-    missing: list[str] = []
-    for number, line in enumerate(lines, start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        # A tab separates the two paths in the original lists; fall back to whitespace.
-        fields = line.split("\t") if "\t" in line else line.split()
-        fields = [f.strip() for f in fields if f.strip()]
-        if len(fields) > 2:
-            raise SkdError(
-                f"list file {list_path} line {number}: {len(fields)} fields in {line!r}; "
-                f"expected 'image<TAB>label' or 'image'"
-            )
-        paths = [data_dir / f for f in fields]
-        missing.extend(f for f, p in zip(fields, paths) if not p.is_file())
-        items.append((paths[0], paths[1] if len(paths) == 2 else None))
-
-    if missing:
-        raise SkdError(
-            f"list file {list_path}: {len(missing)} listed file(s) do not exist under "
-            f"--data-dir {data_dir}: {_summarize(missing)}; fix the list or the data dir"
-        )
-    if not items:
-        raise SkdError(f"list file {list_path}: no entries; expected lines 'image<TAB>label'")
-    return items
+    return read_pair_list(data_dir, Path(list_path))
 
 
 def write_list(items: Sequence[Item], data_dir: str | Path, path: str | Path) -> Path:
@@ -155,20 +112,7 @@ def write_list(items: Sequence[Item], data_dir: str | Path, path: str | Path) ->
     Paths are written relative to `data_dir` (absolute where a file lies outside it), POSIX
     separators, `image<TAB>label` or `image` alone when the label is None.
     """
-    data_dir, path = Path(data_dir), Path(path)
-
-    def rel(p: Path) -> str:
-        try:
-            return p.relative_to(data_dir).as_posix()
-        except ValueError:
-            return Path(os.path.abspath(p)).as_posix()
-
-    lines = []
-    for image, label in items:
-        lines.append(rel(image) if label is None else f"{rel(image)}\t{rel(label)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in lines))
-    return path
+    return write_pair_list(items, Path(data_dir), Path(path))
 
 
 def sample_name(image_path: Path) -> str:
@@ -178,31 +122,10 @@ def sample_name(image_path: Path) -> str:
     return f"{image_path.parent.name}/{stem}"
 
 
-def _imread(path: Path, flags: int, what: str) -> np.ndarray:
-    """cv2.imread after the header check of `_header`; SkdError naming the file if either fails."""
-    header = _header(path)
-    if isinstance(header, str):
-        raise DataFileError(f"{header}; re-extract it or remove it from the list")
-    try:
-        array = cv2.imread(str(path), flags)
-    except cv2.error:  # OpenCV asserts on some headers instead of returning None
-        array = None
-    if array is None:
-        raise DataFileError(f"{path}: cannot be read as {what} (missing or corrupt); "
-                            f"re-extract it or remove it from the list")
-    return array
-
-
-def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 BGR, as the original read it (any PNG colour type or bit depth becomes
-    8-bit BGR); SkdError naming the file if unreadable or larger than MAX_PIXELS."""
-    return _imread(path, cv2.IMREAD_COLOR, "an image")
-
-
 def read_label_ids(path: Path) -> np.ndarray:
     """(H, W) uint8 labelIds; SkdError naming the file if unreadable, larger than MAX_PIXELS,
     not 8-bit single channel, or holding values that are not Cityscapes labelIds (0..33)."""
-    label = _imread(path, cv2.IMREAD_UNCHANGED, "a label image")
+    label = cv2_read(path, cv2.IMREAD_UNCHANGED, "a label image")
     if label.ndim != 2 or label.dtype != np.uint8:
         raise DataFileError(
             f"{path}: label has shape {label.shape} and dtype {label.dtype}; expected an 8-bit "
@@ -217,7 +140,49 @@ def read_label_ids(path: Path) -> np.ndarray:
     return label
 
 
-class CityscapesDataset(torch.utils.data.Dataset):
+def write_cityscapes_prediction(info: DatasetInfo, out_dir: Path, name: str,
+                                train_ids: np.ndarray) -> list[Path]:
+    """The benchmark's submission format for sample `{city}/{stem}`:
+    `<out>/labelIds/{city}/{stem}_labelIds.png` (train ids mapped back to labelIds, what the
+    server and cityscapesScripts' evaluator read; point CITYSCAPES_RESULTS at `<out>/labelIds`)
+    and `<out>/color/{city}/{stem}_color.png` (the train-id palette, for looking at)."""
+    info.encode(train_ids)  # range check: a value that is no train id is an error, not black
+    return [write_png(out_dir / "labelIds" / f"{name}_labelIds.png", to_label_ids(train_ids)),
+            write_png(out_dir / "color" / f"{name}_color.png", colorize(train_ids))]
+
+
+def _decode_table() -> np.ndarray:
+    table = LABEL_ID_TO_TRAIN_ID.astype(np.int16)
+    table[MAX_LABEL_ID + 1:] = -1
+    return table
+
+
+CITYSCAPES = DatasetInfo(
+    name="cityscapes",
+    title="Cityscapes",
+    class_names=CLASS_NAMES,
+    palette=PALETTE.copy(),
+    splits={"train": True, "val": True, "test": False},
+    train_split="train",
+    val_split="val",
+    test_split="test",
+    decode_table=_decode_table(),
+    encode_table=TRAIN_ID_TO_LABEL_ID.copy(),
+    file_palette=LABEL_ID_COLORS.copy(),
+    mask_encoding="gtFine labelIds 0..33, 19 of them evaluated (cityscapesScripts)",
+    writer=write_cityscapes_prediction,
+    recipe=Recipe(
+        crop=(512, 512), batch_size=8, num_steps=40000, lr=0.01,
+        source="SKD (Liu et al., CVPR 2019 / TPAMI): the original run_train_val.sh of "
+               "irfanICMLL/structure_knowledge_distillation, SPEC.md section 2"),
+    sources={
+        "classes, palette, labelIds -> train ids":
+            "mcordts/cityscapesScripts, cityscapesscripts/helpers/labels.py (lines 62-98)",
+    },
+)
+
+
+class CityscapesDataset(SegmentationDataset):
     """Cityscapes images and train-id labels.
 
     Args:
@@ -233,6 +198,13 @@ class CityscapesDataset(torch.utils.data.Dataset):
         "{city}/{stem}" (e.g. "aachen/aachen_000000_000019").
     """
 
+    name = "cityscapes"
+    INFO = CITYSCAPES
+    label_modes = ("L",)
+    label_mode_words = "8-bit single channel"
+    missing_label_fix = ("add the gtFine labelIds files, or use the split without labels "
+                         "(test)")
+
     def __init__(
         self,
         data_dir: str | Path,
@@ -243,104 +215,17 @@ class CityscapesDataset(torch.utils.data.Dataset):
     ) -> None:
         self.data_dir = Path(data_dir)
         self.split = split
-        self.has_labels = has_labels
-        self.transform = transform if transform is not None else EvalTransform()
+        self.info = CITYSCAPES
         if list_path is not None:
-            self.items = read_list(self.data_dir, list_path)
+            items = read_list(self.data_dir, list_path)
             source = f"list file {list_path}"
         else:
-            self.items = scan_split(self.data_dir, split)
+            items = scan_split(self.data_dir, split)
             source = f"--data-dir {self.data_dir} split {split}"
-        if has_labels:
-            unlabeled = [str(image) for image, label in self.items if label is None]
-            if unlabeled:
-                raise SkdError(
-                    f"{source}: {len(unlabeled)} image(s) have no label: "
-                    f"{_summarize(unlabeled)}; add the gtFine labelIds files, or use the "
-                    f"split without labels (test)"
-                )
-        logger.info("%s: %d images", source, len(self.items))
+        self._finish(items, source, transform, has_labels)
 
-    def __len__(self) -> int:
-        return len(self.items)
+    def sample_name(self, image_path: Path) -> str:
+        return sample_name(image_path)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        image_path, label_path = self.items[index]
-        image = read_image(image_path)
-        if self.has_labels:
-            label_ids = read_label_ids(label_path)
-            if label_ids.shape != image.shape[:2]:
-                raise DataFileError(
-                    f"{image_path} is {image.shape[1]}x{image.shape[0]} but its label "
-                    f"{label_path} is {label_ids.shape[1]}x{label_ids.shape[0]}; "
-                    f"the pair must have the same size"
-                )
-            label = to_train_ids(label_ids)
-        else:
-            label = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
-        image_t, label_t = self.transform(image, label)
-        return image_t, label_t, sample_name(image_path)
-
-    def check_files(self, limit: int | None = None) -> int:
-        """Open every image (and label) header to find problems before a long run starts.
-
-        Reads sizes and modes only (PIL, no pixel decoding), so it takes seconds for the
-        whole of Cityscapes. Pixel values are checked when an item is loaded.
-
-        Args:
-            limit: check only the first `limit` items.
-        Returns:
-            the number of items checked.
-        Raises:
-            SkdError listing all problems found (up to 20): unreadable files, labels that are
-            not 8-bit single channel, image/label size mismatches.
-        """
-        items = self.items if limit is None else self.items[:limit]
-        problems: list[str] = []
-        for image_path, label_path in items:
-            image_info = _header(image_path)
-            if isinstance(image_info, str):
-                problems.append(image_info)
-            if not self.has_labels:
-                continue
-            label_info = _header(label_path)
-            if isinstance(label_info, str):
-                problems.append(label_info)
-                continue
-            label_size, label_mode = label_info
-            if label_mode != "L":
-                problems.append(f"{label_path}: mode {label_mode}, expected 8-bit single channel")
-            if not isinstance(image_info, str) and image_info[0] != label_size:
-                problems.append(
-                    f"{image_path} is {image_info[0][0]}x{image_info[0][1]} but {label_path} "
-                    f"is {label_size[0]}x{label_size[1]}"
-                )
-        if problems:
-            raise SkdError(
-                f"--data-dir {self.data_dir}: {len(problems)} problem(s) in {len(items)} "
-                f"items: {_summarize(problems)}"
-            )
-        logger.info("checked %d items under %s: all readable", len(items), self.data_dir)
-        return len(items)
-
-
-def _header(path: Path) -> tuple[tuple[int, int], str] | str:
-    """((width, height), PIL mode) from the file header (no pixel decoded), or a problem
-    description: missing, unreadable, or claiming more than MAX_PIXELS pixels."""
-    try:
-        with warnings.catch_warnings():
-            # PIL warns from 89 Mpixel and refuses from 179 Mpixel; MAX_PIXELS decides here.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                size, mode = im.size, im.mode
-    except FileNotFoundError:
-        return f"{path}: does not exist"
-    except Image.DecompressionBombError:
-        return (f"{path}: header claims more than the {MAX_PIXELS} pixels the loader decodes; "
-                f"the file is corrupt or not a Cityscapes frame")
-    except Exception as exc:  # PIL's format plugins raise many types on a corrupt header
-        return f"{path}: not a readable image ({type(exc).__name__})"
-    if size[0] * size[1] > MAX_PIXELS:
-        return (f"{path}: header claims {size[0]}x{size[1]}, more than the {MAX_PIXELS} pixels "
-                f"the loader decodes; the file is corrupt or not a Cityscapes frame")
-    return size, mode
+    def load_label(self, label_path: Path) -> np.ndarray:
+        return to_train_ids(read_label_ids(label_path))

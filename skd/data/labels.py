@@ -34,6 +34,21 @@ PALETTE = np.array(
     dtype=np.uint8,
 )
 
+# Colour of every labelId 0..33, RGB, as in the gtFine *_color.png files: cityscapesScripts,
+# cityscapesscripts/helpers/labels.py, the `color` column of `labels` (lines 64-97).
+LABEL_ID_COLORS = np.zeros((256, 3), dtype=np.uint8)
+LABEL_ID_COLORS[:34] = [
+    (0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0), (111, 74, 0), (81, 0, 81),
+    (128, 64, 128), (244, 35, 232), (250, 170, 160), (230, 150, 140), (70, 70, 70),
+    (102, 102, 156), (190, 153, 153), (180, 165, 180), (150, 100, 100), (150, 120, 90),
+    (153, 153, 153), (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35),
+    (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70),
+    (0, 60, 100), (0, 0, 90), (0, 0, 110), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+]
+# labelIds whose objects are told apart in *_instanceIds.png (hasInstances in labels.py):
+# person, rider, car, truck, bus, caravan, trailer, train, motorcycle, bicycle.
+INSTANCE_LABEL_IDS = (24, 25, 26, 27, 28, 29, 30, 31, 32, 33)
+
 # labelId of each train id, in train-id order; 29 (caravan) and 30 (trailer) are ignored.
 _TRAIN_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 
@@ -59,6 +74,7 @@ _COLOR_LUT = np.zeros((256, 3), dtype=np.uint8)
 _COLOR_LUT[:NUM_CLASSES] = PALETTE
 _COLOR_LUT.flags.writeable = False
 PALETTE.flags.writeable = False
+LABEL_ID_COLORS.flags.writeable = False
 IMG_MEAN.flags.writeable = False
 IMG_MEAN_F64.flags.writeable = False
 

