@@ -10,13 +10,14 @@ import logging
 
 import torch
 
-from skd.data import CLASS_NAMES, CityscapesDataset, EvalTransform
+from skd.data import EvalTransform
+from skd.data.registry import build_dataset
 from skd.engine.distributed import cleanup, init_distributed
 from skd.engine.evaluate import Inference, evaluate
 from skd.engine.runtime import autocast_factory, cli, configure_numerics, setup_logging
 from skd.metrics import format_table
 from skd.models import build_pspnet, load_weights
-from skd.options import eval_parser
+from skd.options import eval_parser, resolve_dataset
 
 log = logging.getLogger("skd.evaluate")
 
@@ -50,14 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         setup_logging(info.is_main)
         configure_numerics(args.tf32)
-        dataset = CityscapesDataset(args.data_dir, args.split, args.data_list, transform=EvalTransform())
+        resolve_dataset(args, split="val")
+        dataset = build_dataset(args.dataset, args.data_dir, args.split, args.data_list, transform=EvalTransform())
         model = build_model(args, device)
         conf = evaluate(model, dataset, device=device, num_classes=args.num_classes, how=inference_of(args, device),
                         rank=info.rank, world_size=info.world_size, max_images=args.max_images,
                         progress=info.is_main)
-        names = CLASS_NAMES if args.num_classes == len(CLASS_NAMES) else [str(c) for c in range(args.num_classes)]
-        summary = conf.summary(names)
-        summary.update(ckpt=str(args.ckpt), split=args.split, mode=args.mode, scales=args.scales,
+        summary = conf.summary(dataset.info.class_names)
+        summary.update(ckpt=str(args.ckpt), dataset=args.dataset, split=args.split, mode=args.mode, scales=args.scales,
                        flip=args.flip, ms_average=args.ms_average,
                        images=len(dataset) if not args.max_images else min(args.max_images, len(dataset)))
         if info.is_main:

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import torch
 
+from skd.data.info import DatasetInfo
+from skd.data.registry import dataset_info, dataset_names, dataset_recipe
 from skd.engine.terms import term_flags
 from skd.errors import SkdError
 from skd.flags import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, UNIT, Flag, choice, number,
                        size_pair, str2bool, switch)
 
 __all__ = ["SkdArgumentParser", "args_to_dict", "check_train_args", "check_writable_dir", "eval_parser",
-           "logit_size", "resolve_distill_defaults", "size_pair", "str2bool", "test_parser", "train_parser"]
+           "logit_size", "resolve_dataset", "resolve_distill_defaults", "size_pair", "str2bool", "test_parser", "train_parser"]
 
 ARCH_HELP = "backbone: resnet18 | resnet34 | resnet50 | resnet101"
 
@@ -66,11 +68,26 @@ def _add(group: argparse._ActionsContainer, *flags: Flag) -> None:
         flag.add_to(group)
 
 
+def recipes_epilog() -> str:
+    """The published training defaults of every dataset, for --help."""
+    lines = ["dataset recipes (crop, global batch, steps, lr; start from these with --dataset):"]
+    for name in dataset_names():
+        r = dataset_recipe(name)
+        if r is not None:
+            lines.append(f"  {name}: --input-size {r.crop[0]},{r.crop[1]} --batch-size {r.batch_size} "
+                         f"--num-steps {r.num_steps} --lr-g {r.lr:g}  ({r.source})")
+    return "\n".join(lines)
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data-dir", type=Path, required=True, help="Cityscapes root (leftImg8bit/, gtFine/)")
+    _add(g, choice("--dataset", dataset_names(), "cityscapes",
+                   "dataset layout, classes, palette and splits (default %(default)s; docs/datasets.md)"))
+    g.add_argument("--data-dir", type=Path, required=True,
+                   help="the dataset's root as downloaded (Cityscapes: leftImg8bit/, gtFine/)")
     g.add_argument("--data-list", type=Path, default=None,
-                   help="list file (image<TAB>label, relative to --data-dir); default: scan the split")
+                   help="list file in the dataset's list format (Cityscapes: image<TAB>label, relative to "
+                        "--data-dir); default: the split's own images")
     _add(g, Flag("--num-workers", NONNEG_INT, 2, "data loading processes (default %(default)s)"))
 
 
@@ -82,7 +99,8 @@ def add_model_args(p: argparse.ArgumentParser, default_arch: str = "resnet18") -
          choice("--stem", ("deep", "standard"), "deep", "deep (3 convs, the original) or standard (7x7, torchvision's) stem"),
          choice("--norm", ("bn", "syncbn", "inplace_abn", "inplace_abn_sync"), "bn",
                 "norm layer; syncbn / inplace_abn_sync reduce statistics over ranks (default bn)"),
-         Flag("--num-classes", number(int, 2), 19, "number of classes (Cityscapes: 19)"))
+         Flag("--num-classes", number(int, 2), None, "number of classes (default: the dataset's, e.g. 19 for "
+                                                    "Cityscapes); a value that differs from the dataset's is refused"))
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
@@ -113,7 +131,7 @@ def inference_parser(prog: str, description: str, split: str) -> argparse.Argume
     """What skd-eval and skd-test share: data, --split, --ckpt, the model, evaluation and runtime."""
     p = SkdArgumentParser(prog=prog, description=description)
     add_data_args(p)
-    p.add_argument("--split", default=split, help=f"split (default {split})")
+    p.add_argument("--split", default=None, help=f"split (default: the dataset's {split} split)")
     p.add_argument("--ckpt", type=Path, required=True, help="weights: skd checkpoint or official SKD .pth")
     add_model_args(p)
     add_eval_args(p)
@@ -122,14 +140,15 @@ def inference_parser(prog: str, description: str, split: str) -> argparse.Argume
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = inference_parser("skd-eval", "mIoU of a PSPNet on a labelled split.", "val")
+    p = inference_parser("skd-eval", "mIoU of a PSPNet on a labelled split.", "validation")
     p.add_argument("--out", type=Path, default=None, help="JSON file for the results (default: next to --ckpt)")
     _add(p, Flag("--max-images", NONNEG_INT, 0, "only the first N images (0 = all)"))
     return p
 
 
 def test_parser() -> argparse.ArgumentParser:
-    p = inference_parser("skd-test", "Write Cityscapes submission PNGs for a split.", "test")
+    p = inference_parser("skd-test", "Write predictions for a split in the dataset's own label encoding "
+                                     "(Cityscapes: the submission format).", "test")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     return p
 
@@ -137,10 +156,12 @@ def test_parser() -> argparse.ArgumentParser:
 def train_parser() -> argparse.ArgumentParser:
     p = SkdArgumentParser(
         prog="skd-train",
-        description="Train a PSPNet, supervised or distilled from a teacher (--pi/--pa/--ho, CWD, DIST, KD).")
+        description="Train a PSPNet, supervised or distilled from a teacher (--pi/--pa/--ho, CWD, DIST, KD).",
+        epilog=recipes_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(p)
+    p.add_argument("--train-split", default=None, help="training split (default: the dataset's, e.g. train)")
     p.add_argument("--val-list", type=Path, default=None, help="list file of the validation images")
-    p.add_argument("--val-split", default="val", help="split scanned for validation (default val)")
+    p.add_argument("--val-split", default=None, help="validation split (default: the dataset's, e.g. val)")
     add_model_args(p)
     p.add_argument("--restore-from", type=Path, default=None,
                    help="student initialisation: ImageNet backbone file (resnet18-imagenet.pth layout) "
@@ -195,6 +216,20 @@ def train_parser() -> argparse.ArgumentParser:
          switch("--progress", True, "tqdm progress bar (default True)"))
     add_runtime_args(p)
     return p
+
+
+def resolve_dataset(args: argparse.Namespace, **splits: str) -> DatasetInfo:
+    """The --dataset's info; --num-classes defaults to its class count (a different value is
+    refused), and each `attr="train" | "val" | "test"` split flag left unset to its standard split."""
+    info = dataset_info(args.dataset, args.data_dir)
+    if args.num_classes is None:
+        args.num_classes = info.num_classes
+    elif args.num_classes != info.num_classes:
+        raise SkdError(f"--num-classes {args.num_classes}: --dataset {info.name} has {info.num_classes} classes")
+    for attr, which in splits.items():
+        if getattr(args, attr) is None:
+            setattr(args, attr, getattr(info, f"{which}_split"))
+    return info
 
 
 def check_train_args(args: argparse.Namespace, world_size: int = 1) -> None:

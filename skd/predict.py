@@ -1,40 +1,27 @@
-"""skd-test: predictions for a split without labels, in the Cityscapes submission format.
+"""skd-test: predictions for a split, written in the dataset's own label encoding.
 
-For every image `<city>/<stem>` it writes `<out>/labelIds/<city>/<stem>_labelIds.png` (train ids
-mapped back to labelIds, what the benchmark server reads) and `<out>/color/<city>/<stem>_color.png`
-(the Cityscapes palette, for looking at).
+Cityscapes: for every image `<city>/<stem>`, `<out>/labelIds/<city>/<stem>_labelIds.png` (train
+ids mapped back to labelIds, what the benchmark server and cityscapesScripts read: point
+CITYSCAPES_RESULTS at `<out>/labelIds`) and `<out>/color/<city>/<stem>_color.png` (the palette, for
+looking at). The other datasets: `<out>/labels/<name>.png`, palette PNGs of the dataset's own ids
+(`DatasetInfo.write_prediction`).
 """
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from skd.data import CityscapesDataset, EvalTransform, colorize, to_label_ids
+from skd.data import EvalTransform
+from skd.data.registry import build_dataset
 from skd.engine.distributed import barrier, cleanup, init_distributed
 from skd.engine.evaluate import predict
 from skd.engine.runtime import cli, configure_numerics, setup_logging
-from skd.errors import SkdError
 from skd.evaluate import build_model, inference_of
-from skd.options import check_writable_dir, test_parser
+from skd.options import check_writable_dir, resolve_dataset, test_parser
 
 log = logging.getLogger("skd.predict")
-
-
-def write_prediction(out: Path, name: str, train_ids: np.ndarray) -> None:
-    """labelIds PNG (submission) and colour PNG for one image named `<city>/<stem>`."""
-    label_path = out / "labelIds" / f"{name}_labelIds.png"
-    color_path = out / "color" / f"{name}_color.png"
-    label_path.parent.mkdir(parents=True, exist_ok=True)
-    color_path.parent.mkdir(parents=True, exist_ok=True)
-    for path, image in ((label_path, to_label_ids(train_ids)),
-                        (color_path, cv2.cvtColor(colorize(train_ids), cv2.COLOR_RGB2BGR))):
-        if not cv2.imwrite(str(path), image):
-            raise SkdError(f"--out: could not write {path} (disk full or not writable?)")
 
 
 @cli
@@ -45,14 +32,15 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(info.is_main)
         configure_numerics(args.tf32)
         check_writable_dir(args.out, "--out")
-        dataset = CityscapesDataset(args.data_dir, args.split, args.data_list, transform=EvalTransform(),
-                                    has_labels=False)
+        resolve_dataset(args, split="test")
+        dataset = build_dataset(args.dataset, args.data_dir, args.split, args.data_list, transform=EvalTransform(),
+                                has_labels=False)
         model = build_model(args, device)
         how = inference_of(args, device)
         for i in tqdm(range(info.rank, len(dataset), info.world_size), desc="test", disable=not info.is_main):
             image, _, name = dataset[i]
             scores = predict(model, image.unsqueeze(0).to(device), args.num_classes, how)
-            write_prediction(args.out, name, scores.argmax(1)[0].to(torch.uint8).cpu().numpy())
+            dataset.info.write_prediction(args.out, name, scores.argmax(1)[0].to(torch.uint8).cpu().numpy())
         barrier()
         log.info("%d predictions written to %s", len(dataset), args.out)
     finally:

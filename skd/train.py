@@ -17,9 +17,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from skd.data import CLASS_NAMES, CityscapesDataset, EvalTransform
 from skd.engine import checkpoint as ckpt
-from skd.engine.build import build_train_loader, build_train_set, build_training, compile_forwards
+from skd.engine.build import build_train_loader, build_train_set, build_training, build_val_set, compile_forwards
 from skd.engine.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
 from skd.engine.evaluate import Inference, evaluate
 from skd.engine.runtime import autocast_factory, cli, configure_numerics, seed_everything, setup_logging
@@ -27,7 +26,7 @@ from skd.engine.steps import NonFiniteLoss, StepConfig, StepResult, Training, tr
 from skd.errors import SkdError
 from skd.metrics import format_table
 from skd.models import count_parameters
-from skd.options import check_train_args, resolve_distill_defaults, train_parser
+from skd.options import check_train_args, resolve_dataset, resolve_distill_defaults, train_parser
 from skd.parallel import process_group_active, rank
 
 log = logging.getLogger("skd.train")
@@ -103,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args, info: DistInfo, device: torch.device) -> int:
     setup_logging(info.is_main)
     resolve_distill_defaults(args)
+    resolve_dataset(args, train_split="train", val_split="val")
     check_train_args(args, info.world_size)
     seed_everything(args.seed + info.rank, args.deterministic)
     configure_numerics(args.tf32)
@@ -111,7 +111,7 @@ def run(args, info: DistInfo, device: torch.device) -> int:
 
     # Data: every file the run will read is checked before the first step.
     train_set = build_train_set(args)
-    val_set = CityscapesDataset(args.data_dir, args.val_split, args.val_list, transform=EvalTransform())
+    val_set = build_val_set(args)
     if info.is_main:
         train_set.check_files()
         val_set.check_files()
@@ -244,8 +244,7 @@ def _validate(models: Training, val_set, args, info: DistInfo, device, how: Infe
     """Validate the student at `step`; write best.pth when it is the best so far. Returns the best."""
     conf = evaluate(models.raw_student.net, val_set, device=device, num_classes=args.num_classes, how=how,
                     rank=info.rank, world_size=info.world_size, max_images=args.max_val_images)
-    summary = conf.summary(CLASS_NAMES if args.num_classes == len(CLASS_NAMES) else
-                           [str(c) for c in range(args.num_classes)])
+    summary = conf.summary(val_set.info.class_names)
     miou = summary["mIoU"]
     _append_jsonl(metrics_log, {"step": step, "val": summary}, info)
     log.info("step %d: val mIoU %.2f%%", step, 100 * miou)

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from skd.models.checkpoint import read_checkpoint
 
@@ -212,3 +213,28 @@ def test_resume_of_another_width_names_the_flag(data_dir, teacher_ckpt, tmp_path
     assert proc.stderr.strip() == (f"skd: error: --resume {resume}: the checkpoint is of another network "
                                    f"(--width-mult 0.25 in the file, 0.5 in this run); resume with the flags of "
                                    f"the run that wrote it")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout, classes, test_split", [("voc", 21, "test"), ("ade20k", 150, "val"),
+                                                         ("camvid", 11, "test"), ("folder", None, "val")])
+def test_every_dataset_trains_evaluates_and_writes_its_own_encoding(layout, classes, test_split, tmp_path):
+    from skd.data import make_synthetic
+    from skd.data.registry import dataset_info
+    data = make_synthetic(tmp_path / "data", num_train=4, num_val=2, num_test=1, height=48, width=96, seed=0,
+                          layout=layout)
+    classes = classes or dataset_info(layout, data).num_classes
+    snap = tmp_path / "run"
+    run_cli("skd.train", "--dataset", layout, "--data-dir", data, "--snapshot-dir", snap, "--num-steps", "2", *TINY)
+    val = json.loads((snap / "val_final.json").read_text())
+    assert len(val["per_class"]) == classes and list(val["per_class"]) == list(dataset_info(layout, data).class_names)
+    proc = run_cli("skd.evaluate", "--dataset", layout, "--data-dir", data, "--ckpt", snap / "final.pth",
+                   "--arch", "resnet18", "--width-mult", "0.25", "--device", "cpu", "--out", tmp_path / "m.json")
+    assert "mIoU" in proc.stdout
+    run_cli("skd.predict", "--dataset", layout, "--data-dir", data, "--ckpt", snap / "final.pth", "--split",
+            test_split, "--arch", "resnet18", "--width-mult", "0.25", "--device", "cpu", "--out", tmp_path / "preds")
+    pngs = sorted((tmp_path / "preds" / "labels").rglob("*.png"))
+    assert pngs and all(np.asarray(Image.open(p)).shape == (48, 96) for p in pngs)
+    wrong = run_cli("skd.train", "--dataset", layout, "--data-dir", data, "--snapshot-dir", tmp_path / "w",
+                    "--num-classes", "19" if classes != 19 else "5", *TINY, check=False)
+    assert wrong.returncode == 2 and f"--dataset {layout} has {classes} classes" in wrong.stderr

@@ -199,8 +199,9 @@ def test_error_in_a_dataloader_worker_is_one_line_and_exit_2(capsys):
 def test_a_prediction_png_that_cannot_be_written_is_one_error_naming_it(tmp_path, monkeypatch):
     import numpy as np
 
-    from skd import predict
+    from skd.data import info as data_info
+    from skd.data.cityscapes import CITYSCAPES
 
-    monkeypatch.setattr(predict.cv2, "imwrite", lambda path, image: False)  # what a full disk gives
+    monkeypatch.setattr(data_info.cv2, "imwrite", lambda path, image: False)  # what a full disk gives
     with pytest.raises(SkdError, match=r"--out: could not write .*aachen_x_labelIds\.png"):
-        predict.write_prediction(tmp_path, "aachen/aachen_x", np.zeros((4, 6), dtype=np.uint8))
+        CITYSCAPES.write_prediction(tmp_path, "aachen/aachen_x", np.zeros((4, 6), dtype=np.uint8))

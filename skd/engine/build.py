@@ -10,7 +10,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from skd.data import CityscapesDataset, TrainTransform
+from skd.data import EvalTransform, TrainTransform
+from skd.data.base import SegmentationDataset
+from skd.data.registry import build_dataset
 from skd.data.sampler import SeededDataset, StepSampler
 from skd.engine.distributed import DistInfo
 from skd.engine.steps import CriticLoss, DistillStudent, StepConfig, Training
@@ -150,10 +152,15 @@ def compile_forwards(models: Training) -> None:
         models.teacher.forward = torch.compile(models.teacher.forward)
 
 
-def build_train_set(args) -> CityscapesDataset:
-    """The training split with the random scale / mirror / crop of the flags."""
-    return CityscapesDataset(args.data_dir, "train", args.data_list, transform=TrainTransform(
+def build_train_set(args) -> SegmentationDataset:
+    """The training split of --dataset with the random scale / mirror / crop of the flags."""
+    return build_dataset(args.dataset, args.data_dir, args.train_split, args.data_list, transform=TrainTransform(
         args.input_size, random_scale=args.random_scale, random_mirror=args.random_mirror))
+
+
+def build_val_set(args) -> SegmentationDataset:
+    """The validation split of --dataset, whole images."""
+    return build_dataset(args.dataset, args.data_dir, args.val_split, args.val_list, transform=EvalTransform())
 
 
 def build_train_loader(train_set, args, info: DistInfo, device: torch.device, start_step: int = 0) -> DataLoader:
