@@ -5,7 +5,7 @@ compiled `mmcv.ops`, which ResNet, MobileNetV2, PSPHead, ASPPHead and FCNHead ne
 stand-in module takes its place before mmseg is imported. Each test builds a network from
 mmseg's own Cityscapes config (norms as plain BN, random weights and statistics), saves its
 state_dict in mmseg's checkpoint form with the config text in `meta`, loads it with
-load_model and compares decode and auxiliary logits, and the parameter counts.
+load_model and compares decode and auxiliary logits, parameter counts and FLOPs.
 CI does not install mmseg; see docs/models.md for the command line that runs this.
 """
 from __future__ import annotations
@@ -19,7 +19,9 @@ import types
 import pytest
 import torch
 
-from skd.models import count_parameters, load_model
+from torch.utils.flop_counter import FlopCounterMode
+
+from skd.models import count_flops, count_parameters, load_model
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("mmseg") is None, reason="mmsegmentation is not installed")
 
@@ -107,3 +109,7 @@ def test_mmseg_network_and_skd_give_the_same_logits(tmp_path, mmseg_build, confi
         out = ours(x)
     torch.testing.assert_close(out.logits, decode, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.aux_logits, aux, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        feats = net.extract_feat(torch.zeros(1, 3, 128, 256))
+        net.decode_head(feats), net.auxiliary_head(feats)
+    assert count_flops(ours, (128, 256)) == counter.get_total_flops()
