@@ -5,11 +5,9 @@ and mobilenetv2.py, mmseg/models/backbones/resnet.py), not from skd's modules.
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from skd.errors import SkdError
 from skd.models import build_model, load_backbone

@@ -1,6 +1,5 @@
 """Segmentation networks of skd (PSPNet and DeepLabV3 on ResNet and MobileNetV2, SKD's and
 mmsegmentation's variants), the discriminator, and checkpoint loading. See docs/models.md."""
-from torch import nn
 
 from skd.models.checkpoint import (
     ModelFile,

@@ -131,7 +131,9 @@ class PSPHead(nn.Module):
     Children `pspmodule` (PSPModule) and `head` (1x1 conv with bias, the classifier).
     """
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, norm_layer: NormLayer, style: HeadStyle) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, num_classes: int, norm_layer: NormLayer, style: HeadStyle
+    ) -> None:
         super().__init__()
         self.channels, self.num_classes = channels, num_classes
         self.pspmodule = PSPModule(in_channels, channels, norm_layer, style)
@@ -148,7 +150,9 @@ class ASPPHead(nn.Module):
     Children `aspp` (ASPPModule) and `head` (1x1 conv with bias, the classifier).
     """
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, norm_layer: NormLayer, style: HeadStyle) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, num_classes: int, norm_layer: NormLayer, style: HeadStyle
+    ) -> None:
         super().__init__()
         self.channels, self.num_classes = channels, num_classes
         self.aspp = ASPPModule(in_channels, channels, norm_layer, style)
@@ -167,7 +171,9 @@ class AuxHead(nn.Module):
     (_base_/models/pspnet_r50-d8.py), whose ConvModule has none.
     """
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, norm_layer: NormLayer, style: HeadStyle) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, num_classes: int, norm_layer: NormLayer, style: HeadStyle
+    ) -> None:
         super().__init__()
         self.channels, self.num_classes = channels, num_classes
         self.dsn = numbered(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable
 
+import torch
 from torch import nn
 
 NormLayer = Callable[..., nn.Module]
@@ -77,7 +78,7 @@ class ConvNormAct(nn.Module):
         self.bn = parts[0]
         self.act = parts[1] if len(parts) > 1 else nn.Identity()
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
 
 

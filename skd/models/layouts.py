@@ -122,7 +122,8 @@ def _mmseg_backbone(sd: Tensors) -> str:
     if "backbone.conv1.weight" in sd and "backbone.layer1.0.conv1.weight" in sd:
         return "ResNet"
     names = {
-        "backbone.patch_embed.": "a vision transformer (ViT/Swin/BEiT)", "backbone.layers.0.0.": "MixVisionTransformer (SegFormer)",
+        "backbone.patch_embed.": "a vision transformer (ViT/Swin/BEiT)",
+        "backbone.layers.0.0.": "MixVisionTransformer (SegFormer)",
         "backbone.stages.": "a staged backbone (ConvNeXt/HRNet/...)", "backbone.stage1.": "HRNet",
     }
     for prefix, name in names.items():
@@ -152,9 +153,31 @@ def _mmseg_decode_head(sd: Tensors) -> str:
     return "a decode head with modules " + ", ".join(parts[:5])
 
 
+def _aspp_branch(match: re.Match[str]) -> str:
+    """decode_head.aspp_modules.j.{conv,bn}. -> aspp.stages.(j+1).{0,1}. (stage 0 is the image pool)."""
+    return f"aspp.stages.{int(match.group(1)) + 1}.{0 if match.group(2) == 'conv' else 1}."
+
+
+def _mmseg_aux_head(sd: Tensors) -> str:
+    """"FCNHead" when every auxiliary key is one of a one-conv FCNHead's, else what is there."""
+    keys = [k for k in sd if k.startswith("auxiliary_head.")]
+    if not keys:
+        return "none"
+    odd = [k for k in keys if _rename(k, _MMSEG_RULES["FCNHead"]) is None]
+    return f"other: {odd[0]}" if odd else "FCNHead"
+
+
+def _aux_words(aux: str) -> str:
+    if aux == "none":
+        return "no auxiliary head"
+    if aux == "FCNHead":
+        return "an FCNHead auxiliary head"
+    return f"an auxiliary head skd does not build (key {aux.removeprefix('other: ')})"
+
+
 # (mmseg key pattern, skd replacement) per part; a key of a head that no rule matches means a
 # structure skd does not build.
-_MMSEG_RULES: dict[str, list[tuple[str, str]]] = {
+_MMSEG_RULES: dict[str, list[tuple[str, Any]]] = {
     "PSPHead": [
         (r"decode_head\.psp_modules\.(\d+)\.1\.conv\.", r"pspmodule.stages.\1.1."),
         (r"decode_head\.psp_modules\.(\d+)\.1\.bn\.", r"pspmodule.stages.\1.2."),
@@ -163,6 +186,7 @@ _MMSEG_RULES: dict[str, list[tuple[str, str]]] = {
         (r"decode_head\.conv_seg\.", "head."),
     ],
     "ASPPHead": [
+        (r"decode_head\.aspp_modules\.(\d+)\.(conv|bn)\.", _aspp_branch),
         (r"decode_head\.image_pool\.1\.conv\.", "aspp.stages.0.1."),
         (r"decode_head\.image_pool\.1\.bn\.", "aspp.stages.0.2."),
         (r"decode_head\.bottleneck\.conv\.", "aspp.bottleneck.0."),
@@ -177,12 +201,7 @@ _MMSEG_RULES: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def _aspp_branch(match: re.Match[str]) -> str:
-    """decode_head.aspp_modules.j.{conv,bn}. -> aspp.stages.(j+1).{0,1}. (stage 0 is the image pool)."""
-    return f"aspp.stages.{int(match.group(1)) + 1}.{0 if match.group(2) == 'conv' else 1}."
-
-
-def _rename(key: str, rules: list[tuple[str, str]]) -> str | None:
+def _rename(key: str, rules: list[tuple[str, Any]]) -> str | None:
     for pattern, repl in rules:
         if re.match(pattern, key):
             return re.sub(pattern, repl, key, count=1)
@@ -197,36 +216,24 @@ def mmseg_to_skd(sd: Tensors, meta: Any, path: str) -> tuple[dict[str, torch.Ten
     head keys follow `_MMSEG_RULES`. When `meta` holds the training config (mmseg 0.x "config",
     1.x "cfg"), its strides, dilations and head settings are checked too (`check_mmseg_config`).
     """
-    backbone = _mmseg_backbone(sd)
-    decode = _mmseg_decode_head(sd)
-    has_aux = any(k.startswith("auxiliary_head.") for k in sd)
-    aux_keys = [k for k in sd if k.startswith("auxiliary_head.")]
-    aux_ok = has_aux and all(_rename(k, _MMSEG_RULES["FCNHead"]) for k in aux_keys)
-    if backbone not in ("ResNetV1c", "ResNet", "MobileNetV2") or decode not in ("PSPHead", "ASPPHead") or not aux_ok:
-        aux = "no auxiliary head" if not has_aux else (
-            "an FCNHead auxiliary head" if aux_ok else
-            f"an auxiliary head skd does not build (key {next(k for k in aux_keys if not _rename(k, _MMSEG_RULES['FCNHead']))})"
-        )
+    backbone, decode, aux = _mmseg_backbone(sd), _mmseg_decode_head(sd), _mmseg_aux_head(sd)
+    supported = backbone in ("ResNetV1c", "ResNet", "MobileNetV2") and decode in ("PSPHead", "ASPPHead")
+    if not supported or aux != "FCNHead":
         raise SkdError(
-            f"{path}: mmsegmentation checkpoint of {decode} on {backbone} with {aux}, which skd does not build; "
-            f"{MMSEG_SUPPORTED}"
+            f"{path}: mmsegmentation checkpoint of {decode} on {backbone} with {_aux_words(aux)}, "
+            f"which skd does not build; {MMSEG_SUPPORTED}"
         )
-    out: dict[str, torch.Tensor] = {}
     rules = _MMSEG_RULES[decode] + _MMSEG_RULES["FCNHead"]
+    out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        if key.startswith("backbone."):
-            new = key[len("backbone."):]
-        elif decode == "ASPPHead" and (m := re.match(r"decode_head\.aspp_modules\.(\d+)\.(conv|bn)\.", key)):
-            new = _aspp_branch(m) + key[m.end():]
-        else:
-            new = _rename(key, rules)
-            if new is None:
-                raise SkdError(
-                    f"{path}: mmsegmentation {decode} with a module skd does not build ({key}); {MMSEG_SUPPORTED}"
-                )
+        new = key[len("backbone."):] if key.startswith("backbone.") else _rename(key, rules)
+        if new is None:
+            raise SkdError(
+                f"{path}: mmsegmentation {decode} with a module skd does not build ({key}); {MMSEG_SUPPORTED}"
+            )
         out[new] = value
     if decode == "ASPPHead":
-        branches = sorted({int(m.group(1)) for k in sd for m in [re.match(r"decode_head\.aspp_modules\.(\d+)\.", k)] if m})
+        branches = sorted({int(k.split(".")[2]) for k in sd if k.startswith("decode_head.aspp_modules.")})
         if branches != [0, 1, 2, 3] or tuple(out["aspp.stages.1.0.weight"].shape[-2:]) != (1, 1):
             raise SkdError(
                 f"{path}: mmsegmentation ASPPHead with {len(branches)} branches; skd builds the 1x1 branch and "
@@ -300,8 +307,10 @@ _D8: dict[str, dict[str, tuple[Any, ...]]] = {
 }
 _D8["ResNet"] = _D8["ResNetV1c"]
 _HEADS: dict[str, dict[str, tuple[Any, ...]]] = {
-    "PSPHead": {"pool_scales": ((1, 2, 3, 6),), "align_corners": (False,), "in_index": (3, -1), "input_transform": (None,)},
-    "ASPPHead": {"dilations": ((1, 12, 24, 36),), "align_corners": (False,), "in_index": (3, -1), "input_transform": (None,)},
+    "PSPHead": {"pool_scales": ((1, 2, 3, 6),), "align_corners": (False,), "in_index": (3, -1),
+                "input_transform": (None,)},
+    "ASPPHead": {"dilations": ((1, 12, 24, 36),), "align_corners": (False,), "in_index": (3, -1),
+                 "input_transform": (None,)},
 }
 _AUX: dict[str, tuple[Any, ...]] = {
     "type": ("FCNHead",), "num_convs": (1,), "concat_input": (False,), "kernel_size": (3,), "dilation": (1,),
@@ -315,8 +324,8 @@ def _check_section(found: Mapping[str, Any], allowed: Mapping[str, tuple[Any, ..
             continue
         if found[key] not in values:
             raise SkdError(
-                f"{path}: its mmseg config has {section}.{key}={found[key]!r}, skd builds {section}.{key}={values[0]!r} "
-                f"(output stride 8, mmseg's d8 configs); {MMSEG_SUPPORTED}"
+                f"{path}: its mmseg config has {section}.{key}={found[key]!r}, skd builds "
+                f"{section}.{key}={values[0]!r} (output stride 8, mmseg's d8 configs); {MMSEG_SUPPORTED}"
             )
 
 
@@ -335,11 +344,14 @@ def check_mmseg_config(text: str, backbone: str, decode: str, path: str) -> None
         found = model.get(section)
         if isinstance(found, dict):
             _check_section(found, expected, section, path)
-    norm = model.get("data_preprocessor") if isinstance(model.get("data_preprocessor"), dict) else cfg.get("img_norm_cfg")
+    # mmseg 1.x: model.data_preprocessor; 0.x: a top-level img_norm_cfg.
+    norm = model.get("data_preprocessor")
+    norm = norm if isinstance(norm, dict) else cfg.get("img_norm_cfg")
     if isinstance(norm, dict):
         mean, std = norm.get("mean"), norm.get("std")
         rgb = norm.get("bgr_to_rgb", norm.get("to_rgb"))
-        for name, value, want in (("mean", mean, MMSEG_INPUT.mean), ("std", std, MMSEG_INPUT.std), ("bgr_to_rgb", rgb, True)):
+        expected = (("mean", mean, MMSEG_INPUT.mean), ("std", std, MMSEG_INPUT.std), ("bgr_to_rgb", rgb, True))
+        for name, value, want in expected:
             if value is None or isinstance(value, _Unknown):
                 continue
             ok = value is want if isinstance(want, bool) else tuple(float(v) for v in value) == tuple(want)

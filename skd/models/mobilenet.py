@@ -93,7 +93,8 @@ class MobileNetV2(nn.Module):
                 inp = oup
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             widths[f"layer{i + 1}"] = oup
-        self.channels: tuple[int, int, int, int] = tuple(widths[name] for name in OUT_LAYERS)  # type: ignore[assignment]
+        c1, c2, c3, c4 = (widths[name] for name in OUT_LAYERS)
+        self.channels: tuple[int, int, int, int] = (c1, c2, c3, c4)
         self._init_weights()
 
     def _init_weights(self) -> None:

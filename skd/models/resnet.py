@@ -8,7 +8,9 @@ and its deep stem is `stem.0 ... stem.8`, the layout of the "v1c" stem here.
 The variants (`STYLES`): the SKD ResNet dilates every 3x3 convolution of layer3 and layer4 by
 the layer's dilation (multi-grid 1, 1, 1); mmseg's (`contract_dilation=True`,
 mmseg/models/utils/res_layer.py) gives the first block of a dilated layer half the dilation,
-and its BasicBlock dilates only conv1 (conv2 has padding 1, dilation 1). Every norm layer comes from the `norm_layer` constructor with `activation="identity"` and is
+and its BasicBlock dilates only conv1 (conv2 has padding 1, dilation 1).
+
+Every norm layer comes from the `norm_layer` constructor with `activation="identity"` and is
 followed by a separate, out-of-place ReLU: InPlace-ABN keeps its output for backward and
 overwrites its input, so nothing may write into a norm's output afterwards.
 
@@ -359,7 +361,9 @@ class DilatedResNet(nn.Module):
         return self.forward_features(x)
 
 
-def resnet_backbone(depth: int, norm_layer: NormLayer, width_mult: float, stem: str | None, variant: str) -> DilatedResNet:
+def resnet_backbone(
+    depth: int, norm_layer: NormLayer, width_mult: float, stem: str | None, variant: str
+) -> DilatedResNet:
     """The ResNet of model variant `variant` ("skd" or "mmseg", see `STYLES`); stem None = the variant's."""
     style = STYLES[variant]
     return DilatedResNet(
