@@ -82,6 +82,17 @@ class ConvNormAct(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
+def init_weights(module: nn.Module) -> None:
+    """Kaiming-normal (fan out, ReLU) convolutions, norms at weight 1 and bias 0: the backbones'
+    random initialisation (torchvision's and mmseg's)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif hasattr(m, "running_var") and getattr(m, "weight", None) is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def make_divisible(value: float, divisor: int = 8, min_ratio: float = 0.9) -> int:
     """`value` rounded to a multiple of `divisor` (at least `divisor`), never below 90% of it.
 

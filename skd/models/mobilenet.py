@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from skd.errors import SkdError
-from skd.models.layers import ConvNormAct, NormLayer, make_divisible
+from skd.models.layers import ConvNormAct, NormLayer, init_weights, make_divisible
 
 # (expansion ratio t, output channels c, blocks n) per layer (the MobileNetV2 paper's Table 2).
 SETTINGS = ((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3), (6, 160, 3), (6, 320, 1))
@@ -95,15 +95,7 @@ class MobileNetV2(nn.Module):
             widths[f"layer{i + 1}"] = oup
         c1, c2, c3, c4 = (widths[name] for name in OUT_LAYERS)
         self.channels: tuple[int, int, int, int] = (c1, c2, c3, c4)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif hasattr(m, "running_var") and getattr(m, "weight", None) is not None:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def backbone_module_names(self) -> tuple[str, ...]:
         """Names of the top-level modules holding backbone weights."""

@@ -21,15 +21,13 @@ The values, the gradients and the modules (hence the state dict) are those of th
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from skd.errors import SkdError
+from skd.models.layers import NormLayer, init_weights
 from skd.nn.fused import abn_add_, can_fuse, is_identity_abn, max_pool2d_keep_input, relu_conv2d
 
-NormLayer = Callable[..., nn.Module]
 
 # depth -> (block type, blocks per layer)
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -267,7 +265,7 @@ class DilatedResNet(nn.Module):
         self.channels: tuple[int, int, int, int] = tuple(  # type: ignore[assignment]
             scaled(p, width_mult) * block.expansion for p in (64, 128, 256, 512)
         )
-        self._init_weights()
+        init_weights(self)
 
     @property
     def layer_channels(self) -> tuple[int, int, int, int]:
@@ -297,14 +295,6 @@ class DilatedResNet(nn.Module):
         layers = [block(inplanes, planes, stride, first, downsample, norm_layer, dilate_basic_conv2)]
         layers += [block(out_ch, planes, 1, rest, None, norm_layer, dilate_basic_conv2) for _ in range(1, blocks)]
         return ResLayer(*layers), out_ch
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif hasattr(m, "running_var") and getattr(m, "weight", None) is not None:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def backbone_module_names(self) -> tuple[str, ...]:
         """Names of the top-level modules holding backbone weights (stem and layer1..4)."""

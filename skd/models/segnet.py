@@ -183,23 +183,15 @@ class SegmentationNet(nn.Module):
         )
 
 
-def build_model(
-    arch: str = "resnet18",
-    head: str = "psp",
-    variant: str = "skd",
-    num_classes: int = 19,
-    width_mult: float = 1.0,
-    stem: str | None = None,
-    norm: str = "bn",
-    head_channels: int | None = None,
-    aux_channels: int | None = None,
-) -> SegmentationNet:
-    """The network of these config values (see `SegmentationNet`); `build_model(**net.config())`
-    round-trips. Unknown values are SkdErrors naming the flag (`--arch`, `--head`, ...)."""
-    model = SegmentationNet(
-        arch=arch, head=head, variant=variant, num_classes=num_classes, width_mult=width_mult, stem=stem,
-        norm=norm, head_channels=head_channels, aux_channels=aux_channels,
-    )
+def build_model(**config: Any) -> SegmentationNet:
+    """The network of these config values (the arguments of `SegmentationNet`: arch, head,
+    variant, num_classes, width_mult, stem, norm, head_channels, aux_channels);
+    `build_model(**net.config())` round-trips. An unknown key or value is an SkdError naming
+    it (`--arch`, `--head`, ...)."""
+    unknown = sorted(set(config) - set(CONFIG_FLAGS))
+    if unknown:
+        raise SkdError(f"model config: unknown keys {unknown}; known: {', '.join(CONFIG_FLAGS)}")
+    model = SegmentationNet(**config)
     logger.debug("built %s", model.describe())
     return model
 
