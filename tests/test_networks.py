@@ -164,8 +164,10 @@ def test_skd_aspp_network_parameter_count_is_the_hand_count():
     assert mm_psp == 13_068_262 - skd_stem + v1c_stem - layer1_in - dsn + fcn
 
 
-# ---- norm safety: InPlace-ABN keeps its output and overwrites its input --------------------------
-NETS = [dict(arch="resnet18", variant="mmseg", head="aspp"), dict(arch="resnet50", variant="mmseg"),
+# ---- norm safety: InPlace-ABN keeps its output and overwrites its input (moved here from
+# test_models.py, which checked the SKD PSPNets alone) ---------------------------------------------
+# The SKD PSPNets (R18, R50) and each new backbone, head and variant.
+NETS = [dict(arch="resnet18"), dict(arch="resnet50"), dict(arch="resnet18", variant="mmseg", head="aspp"), dict(arch="resnet50", variant="mmseg"),
         dict(arch="mobilenetv2", variant="mmseg"), dict(arch="mobilenetv2", head="aspp"), dict(arch="resnet18", head="aspp")]
 
 
