@@ -234,3 +234,18 @@ def test_skd_networks_keep_the_construction_order_of_the_original_pspnet():
     assert list(a.state_dict()) == list(b.state_dict())
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     randomize_norms(a, torch.Generator().manual_seed(0))
+
+
+def test_parts_are_the_networks_own_modules_through_copies_and_casts():
+    import copy
+
+    net = build_model(arch="resnet18", variant="mmseg", width_mult=0.25).eval()
+    twin = copy.deepcopy(net).double()
+    assert twin.backbone.layer1 is twin.layer1 and twin.decode_head.pspmodule is twin.pspmodule
+    assert twin.auxiliary_head.dsn is twin.dsn and twin.layer1 is not net.layer1
+    assert twin.backbone.stem[0].weight.dtype == torch.float64
+    twin.train()
+    assert twin.backbone.training and twin.decode_head.training and twin.layer4.training
+    x = torch.randn(1, 3, 33, 33, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(twin.eval()(x).logits, net.double()(x).logits, rtol=0, atol=0)
