@@ -173,7 +173,6 @@ def _scalar_metadata(ckpt: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Which network a file describes
 # ---------------------------------------------------------------------------------------------
-FORMATS = ("skd", "official", "mmseg")
 LAYOUTS_TRIED = (
     "an skd checkpoint (a dict with skd_format and model), an mmsegmentation checkpoint "
     "(state_dict keys backbone.*, decode_head.*, auxiliary_head.*), an official SKD state_dict "
