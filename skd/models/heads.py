@@ -63,10 +63,6 @@ def _conv_norm_act(
     return [conv] + norm_act(norm_layer, out_ch, style.activation, style.slope)
 
 
-def _upsample(x: torch.Tensor, size: torch.Size, align_corners: bool) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
-
-
 class PSPModule(nn.Module):
     """Pyramid pooling: (B, in_ch, h, w) -> (B, out_ch, h, w).
 
@@ -89,8 +85,12 @@ class PSPModule(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # F.interpolate stays inline, in the same frame as the stages: behind a helper function
+        # it became a graph of its own under torch.compile with InPlace-ABN (whose ops break the
+        # graph), and inductor 2.13's CPU code for that lone 1x1 upsampling's backward fails.
         size = x.shape[-2:]
-        priors = [_upsample(stage(x), size, self.style.align_corners) for stage in self.stages]
+        align = self.style.align_corners
+        priors = [F.interpolate(stage(x), size=size, mode="bilinear", align_corners=align) for stage in self.stages]
         parts = [x] + priors if self.style.features_first else priors + [x]
         return self.bottleneck(torch.cat(parts, dim=1))
 
@@ -121,7 +121,8 @@ class ASPPModule(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = _upsample(self.stages[0](x), x.shape[-2:], self.style.align_corners)
+        align = self.style.align_corners
+        pooled = F.interpolate(self.stages[0](x), size=x.shape[-2:], mode="bilinear", align_corners=align)
         return self.bottleneck(torch.cat([pooled] + [stage(x) for stage in self.stages[1:]], dim=1))
 
 
