@@ -15,6 +15,7 @@ from skd.models import (
     ARCHS,
     Discriminator,
     PSPNetOutput,
+    build_model,
     build_pspnet,
     convert_official_state_dict,
     count_parameters,
@@ -25,7 +26,6 @@ from skd.models import (
 )
 from skd.models.discriminator import SelfAttention
 from skd.models.pspnet import PSPModule
-from skd.models.resnet import DilatedResNet
 from skd.nn.norm import BatchNormAct2d, SyncBatchNormAct2d, make_norm
 
 NORM_STATS = ("weight", "bias", "running_mean", "running_var")
@@ -286,9 +286,10 @@ def test_psp_module_upsamples_priors_with_align_corners():
 def test_config_rebuilds_the_same_model():
     model = build_pspnet("resnet34", num_classes=7, width_mult=0.25)
     assert model.config() == {
-        "arch": "resnet34", "num_classes": 7, "width_mult": 0.25, "norm": "bn", "stem": "deep"
+        "arch": "resnet34", "head": "psp", "variant": "skd", "num_classes": 7, "width_mult": 0.25, "norm": "bn",
+        "stem": "deep", "head_channels": 32, "aux_channels": 32,
     }
-    rebuilt = build_pspnet(**model.config())
+    rebuilt = build_model(**model.config())
     assert shapes_without_counters(rebuilt) == shapes_without_counters(model)
     assert ARCHS == ("resnet18", "resnet34", "resnet50", "resnet101")
 
@@ -301,41 +302,6 @@ def test_unknown_arch_names_the_flag():
 def test_unknown_norm_names_the_flag():
     with pytest.raises(SkdError, match="--norm groupnorm"):
         make_norm("groupnorm")
-
-
-@pytest.mark.parametrize("depth", [18, 50])
-def test_norm_outputs_are_never_modified_in_place(depth):
-    """InPlace-ABN keeps its output for backward: nothing downstream may write into it."""
-    records: list[tuple[torch.Tensor, int]] = []
-
-    class RecordingNorm(BatchNormAct2d):
-        def forward(self, x):
-            y = super().forward(x)
-            records.append((y, y._version))
-            return y
-
-    backbone = DilatedResNet(depth, RecordingNorm, width_mult=0.125)
-    psp = PSPModule(backbone.layer_channels[3], 4, RecordingNorm)
-    psp(backbone(torch.randn(2, 3, 33, 33))[3]).sum().backward()
-    assert records and all(y._version == version for y, version in records)
-
-
-@pytest.mark.parametrize("depth", [18, 50])
-def test_norm_inputs_are_used_by_nothing_else(depth):
-    """InPlace-ABN overwrites its input: a norm that poisons its input must not change outputs."""
-
-    class PoisoningNorm(BatchNormAct2d):
-        def forward(self, x):
-            y = super().forward(x)
-            x.fill_(float("nan"))
-            return y
-
-    torch.manual_seed(0)
-    backbone = DilatedResNet(depth, PoisoningNorm, width_mult=0.125).eval()
-    psp = PSPModule(backbone.layer_channels[3], 4, PoisoningNorm).eval()
-    with torch.no_grad():
-        out = psp(backbone(torch.randn(2, 3, 33, 33))[3])
-    assert torch.isfinite(out).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,7 +535,10 @@ def test_load_weights_refuses_a_different_model_config_naming_both(tmp_path):
     with pytest.raises(SkdError) as err:
         load_weights(pspnet(18, num_classes=21, width_mult=0.25), path)
     message = str(err.value)
-    assert "ckpt.pth" in message and "'num_classes': 19" in message and "'num_classes': 21" in message
+    assert message == (
+        f"{path}: the file holds --num-classes 19, this run has --num-classes 21; pass the file's values "
+        "or leave those flags out (the file describes its model)"
+    )
 
 
 def _official_file(tmp_path: Path, name: str = "teacher.pth") -> Path:
@@ -655,27 +624,40 @@ def test_non_state_dict_content_is_refused(tmp_path):
 BACKBONE_MODULES = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "layer1", "layer2", "layer3", "layer4")
 
 
-def test_load_backbone_loads_plain_weights_and_skips_fc(tmp_path):
+def _deep_stem_imagenet_file(tmp_path: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The original's resnet18-imagenet.pth layout at width 1/4, a negative BN weight in bn1."""
     source = tiny_reference(seed=6)
     with torch.no_grad():
-        source.bn1.weight.neg_()  # ImageNet BN weights are plain: no |w| conversion
+        source.bn1.weight.neg_()
     imagenet = {k: v for k, v in source.state_dict().items() if k.split(".")[0] in BACKBONE_MODULES}
     imagenet["fc.weight"] = torch.randn(1000, 128)
     imagenet["fc.bias"] = torch.randn(1000)
     path = tmp_path / "resnet18-imagenet.pth"
     torch.save(imagenet, path)
+    return imagenet, path
 
+
+@pytest.mark.parametrize("norm_weight", ["auto", "plain"])
+def test_load_backbone_of_the_original_layout_takes_its_effective_norm_weights_by_default(tmp_path, norm_weight):
+    """Issue #11 point 5: the original's InPlace-ABN scaled by |w| + 1e-5; "plain" keeps w."""
+    imagenet, path = _deep_stem_imagenet_file(tmp_path)
     torch.manual_seed(7)
     model = pspnet(18, width_mult=0.25)
     head_before = {k: v.clone() for k, v in model.state_dict().items() if k.split(".")[0] not in BACKBONE_MODULES}
-    skipped = load_backbone(model, path)
+    init = load_backbone(model, path, norm_weight=norm_weight)
 
     counters = [k for k in imagenet if k.endswith("num_batches_tracked")]
-    assert counters and sorted(skipped) == sorted(["fc.weight", "fc.bias"] + counters)
+    assert counters and sorted(init.skipped) == sorted(["fc.weight", "fc.bias"] + counters)
+    assert init.layout == "original" and init.loaded == len(imagenet) - len(init.skipped)
+    assert init.norm_weight == ("abs" if norm_weight == "auto" else "plain")
+    norm_weights = {f"{name}.weight" for name in (k.rpartition(".")[0] for k in imagenet if k.endswith("running_var"))}
     sd = model.state_dict()
     for key, value in imagenet.items():
-        if key not in skipped:
-            assert torch.equal(sd[key], value), key
+        if key in init.skipped:
+            continue
+        want = value.abs() + 1e-5 if norm_weight == "auto" and key in norm_weights else value
+        assert torch.equal(sd[key], want), key
+    assert (sd["bn1.weight"] > 0).all() == (norm_weight == "auto")
     for key, value in head_before.items():
         assert torch.equal(sd[key], value), key
 
@@ -710,7 +692,8 @@ def test_load_backbone_takes_torchvision_layout_for_the_standard_stem(tmp_path):
     weights = torchvision_resnet18_layout()
     torch.save(weights, path)
     model = pspnet(18, stem="standard")
-    assert sorted(load_backbone(model, path)) == ["fc.bias", "fc.weight"]
+    init = load_backbone(model, path)
+    assert init.layout == "torchvision" and init.norm_weight == "plain" and sorted(init.skipped) == ["fc.bias", "fc.weight"]
     assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], weights["layer4.1.conv2.weight"])
 
     with pytest.raises(SkdError, match=r"conv1\.weight is \(64, 3, 7, 7\) in the file, \(64, 3, 3, 3\) in the model"):

@@ -1,9 +1,13 @@
-"""Loading weights into PSPNet: the official SKD checkpoints, our own, and ImageNet backbones.
+"""Loading networks and weights: skd's own checkpoints, the official SKD ones, mmsegmentation's.
 
 Every file is read with `torch.load(weights_only=True)`, so a checkpoint can never run code,
 and every mismatch is reported as an SkdError naming the file and the offending keys.
-Read by the training and evaluation entry points (`--teacher`, `--resume`, `--weights`,
-`--pretrained`).
+- `read_model_file(path)`: which network a file describes and its weights in skd's keys and
+  norm convention (`ModelFile`), for the three layouts (see docs/models.md).
+- `load_model(path)`: that network, built and loaded.
+- `load_weights(model, path)` / `load_official(model, path)`: a file into a network built
+  from flags, strictly.
+ImageNet backbone files are skd.models.imagenet's.
 """
 from __future__ import annotations
 
@@ -11,12 +15,15 @@ import logging
 import os
 import pickle
 import re
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from skd.errors import SkdError
+from skd.models.layouts import infer_config, is_flat_skd_layout, is_mmseg_layout, mmseg_to_skd, official_to_skd
+from skd.models.segnet import SegmentationNet, build_model, check_model_config, complete_config
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +42,13 @@ def _short_reason(exc: BaseException) -> str:
         detail = " ".join((match.group(1) if match else text).split())
         glob = re.search(r"Unsupported global: GLOBAL (\S+)", detail)
         if glob:
+            fix = "re-save it as a plain state_dict of tensors"
+            if glob.group(1).startswith(("mmengine.", "mmcv.", "numpy.")):
+                fix = ("for an mmsegmentation training checkpoint keep only its weights, where mmengine is installed: "
+                       "torch.save({'state_dict': torch.load(F, weights_only=False)['state_dict']}, G)")
             return (
                 f"unpickling it would call {glob.group(1)}, which weights-only loading refuses "
-                "(it could run arbitrary code); re-save it as a plain state_dict of tensors"
+                f"(it could run arbitrary code); {fix}"
             )
         return f"not a PyTorch checkpoint, or corrupted ({detail.split('. ')[0]})"
     if isinstance(exc, EOFError):
@@ -56,7 +67,7 @@ def read_checkpoint(path: PathLike) -> Any:
         raise SkdError(f"{path}: cannot be loaded: {_short_reason(exc)}") from exc
 
 
-def _as_state_dict(obj: Any, path: PathLike) -> dict[str, torch.Tensor]:
+def as_state_dict(obj: Any, path: PathLike) -> dict[str, torch.Tensor]:
     """The state_dict in a loaded file: the file itself, or its `state_dict` entry."""
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
@@ -70,9 +81,9 @@ def _as_state_dict(obj: Any, path: PathLike) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _strip_module_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the `module.` prefix that (Distributed)DataParallel puts before every key."""
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """Drop `prefix` where a key has it (`module.` from (Distributed)DataParallel)."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
 
 
 def _describe(model: nn.Module) -> str:
@@ -96,7 +107,7 @@ def fit_problems(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Te
     return wrong + missing + extra
 
 
-MODEL_HINT = "build the model with the checkpoint's --arch, --width-mult, --num-classes and --stem"
+MODEL_HINT = "build the model with the checkpoint's --arch, --head, --variant, --width-mult, --num-classes and --stem"
 
 
 def raise_if_unfit(problems: list[str], path: PathLike, what: str, hint: str = MODEL_HINT) -> None:
@@ -107,7 +118,7 @@ def raise_if_unfit(problems: list[str], path: PathLike, what: str, hint: str = M
     raise SkdError(f"{path}: does not fit {what}: {listed}{more} ({hint})")
 
 
-def _match_batch_counters(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+def match_batch_counters(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Make the `num_batches_tracked` counters match the model's norm layers.
 
     The counter is bookkeeping, not a weight: the original InPlace-ABN has none, BatchNorm has
@@ -131,6 +142,16 @@ def norm_layer_names(model: nn.Module) -> list[str]:
     ]
 
 
+def abs_norm_weights(sd: Mapping[str, torch.Tensor], eps: float = OFFICIAL_ABN_EPS) -> dict[str, torch.Tensor]:
+    """Every norm weight w (a `X.weight` next to `X.running_var`) as |w| + eps: the scale the
+    original InPlace-ABN applied (SPEC, checkpoint layout), as a plain weight. New dict."""
+    out = dict(sd)
+    for key in sd:
+        if key.endswith(".running_var") and (weight := key[: -len("running_var")] + "weight") in sd:
+            out[weight] = sd[weight].abs() + eps
+    return out
+
+
 def convert_official_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Official SKD state_dict -> one that `model.load_state_dict` takes, same computation.
 
@@ -139,31 +160,119 @@ def convert_official_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module
     into |w| + 1e-5, the scale the original InPlace-ABN applied; fills in `num_batches_tracked`
     from the model. The input is not modified.
     """
-    sd = _strip_module_prefix(sd)
-    if not any(k.startswith("pspmodule.") for k in sd):
-        renamed = {}
-        for key, value in sd.items():
-            if key.startswith("head.0."):
-                key = "pspmodule." + key[len("head.0."):]
-            elif key.startswith("head.1."):
-                key = "head." + key[len("head.1."):]
-            renamed[key] = value
-        sd = renamed
-    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-    for name in norm_layer_names(model):
-        key = f"{name}.weight"
-        if key in sd:
-            sd[key] = sd[key].abs() + OFFICIAL_ABN_EPS
-    return _match_batch_counters(sd, model)
+    sd = official_to_skd(strip_prefix(sd))
+    norms = set(norm_layer_names(model))
+    converted = abs_norm_weights({k: v for k, v in sd.items() if k.rpartition(".")[0] in norms})
+    return match_batch_counters({**sd, **converted}, model)
 
 
-def _load_official_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: PathLike) -> None:
-    """Convert and strictly load an official state_dict."""
-    converted = convert_official_state_dict(sd, model)
-    raise_if_unfit(fit_problems(converted, model.state_dict()), path, _describe(model))
-    model.load_state_dict(converted, strict=True)
-    logger.info("%s: loaded official checkpoint into %s (%d norm weights -> |w| + 1e-5)",
-                path, _describe(model), len(norm_layer_names(model)))
+def _scalar_metadata(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in ckpt.items() if v is None or isinstance(v, (bool, int, float, str))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Which network a file describes
+# ---------------------------------------------------------------------------------------------
+LAYOUTS_TRIED = (
+    "an skd checkpoint (a dict with skd_format and model), an mmsegmentation checkpoint "
+    "(state_dict keys backbone.*, decode_head.*, auxiliary_head.*), an official SKD state_dict "
+    "(conv1/layer*/pspmodule or head.0/dsn keys)"
+)
+
+
+@dataclass
+class ModelFile:
+    """What `read_model_file` found: `format` ("skd", "official" or "mmseg"); `config`, the
+    model config that rebuilds the network (`build_model(**config)`, norm "bn" unless the file
+    says); `state_dict` in skd's keys with plain norm weights; `metadata`, the file's scalar
+    entries (skd: skd_format, step, miou, ...; mmseg: those of its meta)."""
+
+    format: str
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _skd_file(obj: Mapping[str, Any], path: PathLike) -> ModelFile:
+    if "model" not in obj:
+        raise SkdError(f"{path}: skd checkpoint without a 'model' entry; it was not saved by skd")
+    sd = strip_prefix(as_state_dict(obj["model"], path))
+    convention = obj.get("norm_weight", "plain")
+    if convention == "abs":
+        sd = abs_norm_weights(official_to_skd(sd))
+    elif convention != "plain":
+        raise SkdError(f"{path}: norm_weight {convention!r} is unknown; expected 'plain' or 'abs' (|w| + 1e-5)")
+    file_config = obj.get("model_config")
+    if isinstance(file_config, Mapping):
+        try:
+            config = complete_config(dict(file_config))
+        except SkdError as exc:
+            raise SkdError(f"{path}: {exc}") from None
+    else:
+        config = infer_config(sd, "skd" if "dsn.0.bias" in sd else "mmseg", str(path))
+    return ModelFile("skd", config, sd, _scalar_metadata(obj))
+
+
+def _hint_for_unknown(sd: Mapping[str, torch.Tensor]) -> str:
+    if any(k.startswith(("fc.", "features.", "classifier.")) for k in sd) or "stem.0.weight" in sd:
+        return "; it looks like ImageNet backbone weights: give it as the student's initialisation (--restore-from)"
+    return ""
+
+
+def read_model_file(path: PathLike) -> ModelFile:
+    """The network a checkpoint file describes, with its weights in skd's keys (`ModelFile`).
+
+    Decided by content: a dict with `skd_format` is skd's (model_config, or the keys when it
+    has none); a state dict (alone, or under `state_dict` next to `meta`) whose keys begin
+    `backbone.` and `decode_head.` is mmsegmentation's; one with a stem and `pspmodule.` /
+    `head.0.` / `aspp.` keys is an official SKD file (norm weights -> |w| + 1e-5). Anything
+    else is an SkdError naming the layouts tried.
+    """
+    return _model_file(read_checkpoint(path), path)
+
+
+def _model_file(obj: Any, path: PathLike) -> ModelFile:
+    if isinstance(obj, Mapping) and "skd_format" in obj:
+        return _skd_file(obj, path)
+    sd = strip_prefix(as_state_dict(obj, path))
+    if is_mmseg_layout(sd):
+        meta = obj.get("meta") if isinstance(obj, Mapping) else None
+        renamed, config = mmseg_to_skd(sd, meta, str(path))
+        metadata = _scalar_metadata(meta) if isinstance(meta, Mapping) else {}
+        return ModelFile("mmseg", config, renamed, metadata)
+    if is_flat_skd_layout(sd):
+        sd = abs_norm_weights(official_to_skd(sd))
+        return ModelFile("official", infer_config(sd, "skd", str(path)), sd)
+    first = ", ".join(list(sd)[:MAX_LISTED]) or "none"
+    raise SkdError(
+        f"{path}: not a segmentation checkpoint skd knows; tried {LAYOUTS_TRIED}; its keys begin {first}"
+        f"{_hint_for_unknown(sd)}"
+    )
+
+
+def _load_state(model: nn.Module, sd: Mapping[str, torch.Tensor], path: PathLike) -> None:
+    """Strictly load `sd` into `model`; SkdError naming the first keys that do not fit."""
+    sd = match_batch_counters(sd, model)
+    raise_if_unfit(fit_problems(sd, model.state_dict()), path, _describe(model))
+    model.load_state_dict(sd, strict=True)
+
+
+def load_model(path: PathLike, norm: str = "bn") -> SegmentationNet:
+    """The network `path` describes, with its weights, in eval mode (call .train() to train it).
+
+    Every format of `read_model_file`: skd's training checkpoints, best.pth and final.pth, the
+    official SKD teacher and student, mmsegmentation's PSPNet / DeepLabV3 checkpoints. `norm`
+    is the norm layer to build with (`--norm`; the weights do not depend on it). For an mmseg
+    file, `net(net.input_spec.normalize(raw))` gives mmseg's decode and auxiliary logits.
+    """
+    mf = read_model_file(path)
+    try:
+        net = build_model(**{**mf.config, "norm": norm})
+    except SkdError as exc:
+        raise SkdError(f"{path}: its model_config {mf.config} does not build: {exc}") from None
+    _load_state(net, mf.state_dict, path)
+    logger.info("%s: %s checkpoint, built %s", path, mf.format, net.describe())
+    return net.eval()
 
 
 def load_official(model: nn.Module, path: PathLike) -> None:
@@ -171,85 +280,36 @@ def load_official(model: nn.Module, path: PathLike) -> None:
 
     Raises SkdError naming `path` when the file cannot be read or does not fit the model.
     """
-    _load_official_state_dict(model, _as_state_dict(read_checkpoint(path), path), path)
+    _load_official(model, read_checkpoint(path), path)
 
 
-def _scalar_metadata(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in ckpt.items() if v is None or isinstance(v, (bool, int, float, str))}
+def _load_official(model: nn.Module, obj: Any, path: PathLike) -> None:
+    _load_state(model, convert_official_state_dict(as_state_dict(obj, path), model), path)
+    logger.info("%s: loaded official checkpoint into %s (%d norm weights -> |w| + 1e-5)",
+                path, _describe(model), len(norm_layer_names(model)))
 
 
 def load_weights(model: nn.Module, path: PathLike) -> dict[str, Any]:
-    """Load our own checkpoint or an official one into `model`, strictly.
+    """Load any file of `read_model_file` into `model`, strictly.
 
-    Ours is a dict with `skd_format` and `model` (a state_dict), optionally `norm_weight`
-    ("plain", the default, or "abs" for the original InPlace-ABN's |w| + 1e-5) and
-    `model_config` (PSPNet.config()), which must match the model's except for the norm type,
-    since the weights do not depend on it. Anything else is taken as an official state_dict
-    (load_official). Returns {"format": "skd" | "official", "path": ...} plus, for ours,
-    `model_config` and the checkpoint's scalar entries (skd_format, step, miou, ...).
+    An skd file's `model_config` and an mmseg file's inferred config must match the model's
+    (`check_model_config`: the norm aside, since the weights do not depend on it; the message
+    names the flags). An official file is checked key by key. Returns {"format", "path",
+    "model_config"} plus the file's scalar entries (skd_format, step, miou, ...).
     """
     obj = read_checkpoint(path)
-    if not (isinstance(obj, Mapping) and "skd_format" in obj):
-        _load_official_state_dict(model, _as_state_dict(obj, path), path)
-        return {"format": "official", "path": str(path)}
-
-    if "model" not in obj:
-        raise SkdError(f"{path}: skd checkpoint without a 'model' entry; it was not saved by skd")
-    file_config = obj.get("model_config")
+    is_skd = isinstance(obj, Mapping) and "skd_format" in obj
+    if not is_skd and not is_mmseg_layout(strip_prefix(as_state_dict(obj, path))):
+        _load_official(model, obj, path)
+        return {"format": "official", "path": str(path), "model_config": None}
+    mf = _model_file(obj, path)
     config = getattr(model, "config", None)
-    if isinstance(file_config, Mapping) and callable(config):
-        model_config = config()
-        ignore = {"norm"}
-        if {k: v for k, v in file_config.items() if k not in ignore} != {
-            k: v for k, v in model_config.items() if k not in ignore
-        }:
-            raise SkdError(
-                f"{path}: checkpoint model_config {dict(file_config)} differs from the model's "
-                f"{model_config}; build the model with the checkpoint's --arch/--width-mult/--num-classes/--stem"
-            )
-    sd = _strip_module_prefix(_as_state_dict(obj["model"], path))
-    convention = obj.get("norm_weight", "plain")
-    if convention == "abs":
-        sd = convert_official_state_dict(sd, model)
-    elif convention == "plain":
-        sd = _match_batch_counters(sd, model)
-    else:
-        raise SkdError(f"{path}: norm_weight {convention!r} is unknown; expected 'plain' or 'abs' (|w| + 1e-5)")
-    raise_if_unfit(fit_problems(sd, model.state_dict()), path, _describe(model))
-    model.load_state_dict(sd, strict=True)
-    logger.info("%s: loaded skd checkpoint into %s", path, _describe(model))
-    info: dict[str, Any] = {"format": "skd", "path": str(path)}
-    info.update(_scalar_metadata(obj))
-    info["model_config"] = dict(file_config) if isinstance(file_config, Mapping) else None
+    file_has_config = mf.format == "mmseg" or isinstance(obj.get("model_config"), Mapping)
+    if file_has_config and callable(config):
+        check_model_config(mf.config, config(), str(path))
+    _load_state(model, mf.state_dict, path)
+    logger.info("%s: loaded %s checkpoint into %s", path, mf.format, _describe(model))
+    info: dict[str, Any] = {"format": mf.format, "path": str(path)}
+    info.update(mf.metadata)
+    info["model_config"] = mf.config if file_has_config else None
     return info
-
-
-def load_backbone(model: nn.Module, path: PathLike) -> list[str]:
-    """Load ImageNet weights into the backbone (stem and layer1..4) of `model`.
-
-    Expects the deep-stem layout (`conv1 bn1 conv2 bn2 conv3 bn3 layer* fc`, e.g.
-    resnet18-imagenet.pth) or, for stem="standard", torchvision's (`conv1 bn1 layer* fc`),
-    with plain BatchNorm weights (no |w| conversion). Every backbone tensor of the model must
-    be in the file with its shape; file keys outside the backbone (`fc.*`,
-    `num_batches_tracked`, ...) are skipped. Returns the skipped keys.
-    """
-    names_fn = getattr(model, "backbone_module_names", None)
-    if not callable(names_fn):
-        raise SkdError(f"{path}: load_backbone needs a PSPNet / DilatedResNet, got {type(model).__name__}")
-    names = set(names_fn())
-    sd = _strip_module_prefix(_as_state_dict(read_checkpoint(path), path))
-    expected = {
-        k: v
-        for k, v in model.state_dict().items()
-        if k.split(".")[0] in names and not k.endswith("num_batches_tracked")
-    }
-    to_load = {k: v for k, v in sd.items() if k in expected}
-    skipped = [k for k in sd if k not in expected]
-    stem = getattr(model, "stem", "deep")
-    what = f"the backbone of {_describe(model)}, {stem}-stem ImageNet layout"
-    hint = "pass ImageNet weights of the same depth, width and stem, or a whole-model checkpoint"
-    raise_if_unfit(fit_problems(to_load, expected), path, what, hint)
-    model.load_state_dict(to_load, strict=False)
-    logger.info("%s: loaded %d backbone tensors; skipped %d keys: %s",
-                path, len(to_load), len(skipped), ", ".join(skipped) or "none")
-    return skipped

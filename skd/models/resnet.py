@@ -1,7 +1,15 @@
-"""Dilated ResNet backbones (output stride 8) of the SKD teacher and student.
+"""Dilated ResNet backbones (output stride 8): the SKD teacher and student, and mmseg's ResNetV1c.
 
 Module names follow the original checkpoints (`conv1`, `bn1`, ..., `layer1.0.downsample.1`),
-so PSPNet, which extends `DilatedResNet`, loads the official weights without renaming.
+so the SKD networks load the official weights without renaming; mmsegmentation's ResNet uses
+the same block names (mmseg/models/backbones/resnet.py: `conv1`, `bn1`, ..., `downsample.0/1`)
+and its deep stem is `stem.0 ... stem.8`, the layout of the "v1c" stem here.
+
+The variants (`STYLES`): the SKD ResNet dilates every 3x3 convolution of layer3 and layer4 by
+the layer's dilation (multi-grid 1, 1, 1); mmseg's (`contract_dilation=True`,
+mmseg/models/utils/res_layer.py) gives the first block of a dilated layer half the dilation,
+and its BasicBlock dilates only conv1 (conv2 has padding 1, dilation 1).
+
 Every norm layer comes from the `norm_layer` constructor with `activation="identity"` and is
 followed by a separate, out-of-place ReLU: InPlace-ABN keeps its output for backward and
 overwrites its input, so nothing may write into a norm's output afterwards.
@@ -13,15 +21,13 @@ The values, the gradients and the modules (hence the state dict) are those of th
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from skd.errors import SkdError
+from skd.models.layers import NormLayer, init_weights
 from skd.nn.fused import abn_add_, can_fuse, is_identity_abn, max_pool2d_keep_input, relu_conv2d
 
-NormLayer = Callable[..., nn.Module]
 
 # depth -> (block type, blocks per layer)
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -30,7 +36,14 @@ DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     50: ("bottleneck", (3, 4, 6, 3)),
     101: ("bottleneck", (3, 4, 23, 3)),
 }
-STEMS = ("deep", "standard")
+# deep: SKD's 3x3 stem 64-64-128 with a ceil-mode max-pool; standard: torchvision's 7x7;
+# v1c: mmseg's ResNetV1c 3x3 stem 32-32-64 (`stem.*`), max-pool without ceil mode.
+STEMS = ("deep", "standard", "v1c")
+# How each model variant builds its ResNet (see the module docstring).
+STYLES: dict[str, dict[str, object]] = {
+    "skd": {"stem": "deep", "contract_dilation": False, "dilate_basic_conv2": True},
+    "mmseg": {"stem": "v1c", "contract_dilation": True, "dilate_basic_conv2": False},
+}
 
 
 def scaled(channels: int, width_mult: float) -> int:
@@ -56,12 +69,13 @@ class BasicBlock(nn.Module):
         dilation: int,
         downsample: nn.Module | None,
         norm_layer: NormLayer,
+        dilate_conv2: bool = True,
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride, dilation)
         self.bn1 = norm_layer(planes, activation="identity")
         self.relu1 = nn.ReLU(inplace=False)
-        self.conv2 = conv3x3(planes, planes, 1, dilation)
+        self.conv2 = conv3x3(planes, planes, 1, dilation if dilate_conv2 else 1)
         self.bn2 = norm_layer(planes, activation="identity")
         self.downsample = downsample
         self.relu = nn.ReLU(inplace=False)
@@ -95,8 +109,10 @@ class Bottleneck(nn.Module):
         dilation: int,
         downsample: nn.Module | None,
         norm_layer: NormLayer,
+        dilate_conv2: bool = True,
     ) -> None:
         super().__init__()
+        # dilate_conv2 is BasicBlock's switch; a Bottleneck has one 3x3 conv, always dilated.
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = norm_layer(planes, activation="identity")
         self.relu1 = nn.ReLU(inplace=False)
@@ -168,20 +184,31 @@ def _relu_then(x: torch.Tensor, relu: nn.Module, norm: nn.Module, conv: nn.Conv2
 class DilatedResNet(nn.Module):
     """ResNet with layer3 and layer4 dilated (2 and 4) instead of strided: output stride 8.
 
-    `forward_features` maps a (B, 3, H, W) image to the four layer outputs: layer1 at about
-    1/4 of the input, layer2..layer4 at about 1/8 (65x65 for 512x512 with the deep stem).
-    Channels with `width_mult` w: layer1..layer4 give e*64w, e*128w, e*256w, e*512w, with
-    e = 1 (BasicBlock) or 4 (Bottleneck).
+    `forward` maps a (B, 3, H, W) image to the four layer outputs: layer1 at about 1/4 of the
+    input, layer2..layer4 at about 1/8 (65x65 for 512x512 with the deep stem, whose max-pool
+    rounds up; 64x64 with the others). Channels with `width_mult` w (`channels`): layer1..layer4
+    give e*64w, e*128w, e*256w, e*512w, with e = 1 (BasicBlock) or 4 (Bottleneck).
+    `contract_dilation`: the first block of layer3/layer4 uses dilation 1/2 (mmseg);
+    `dilate_basic_conv2`: whether a BasicBlock's second conv is dilated too (SKD) or not (mmseg).
     """
 
-    # Top-level modules that make up the backbone (the rest belongs to a head).
+    # Top-level modules that make up the stem, per stem.
     STEM_MODULES = {
         "deep": ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"),
         "standard": ("conv1", "bn1"),
+        "v1c": ("stem",),
     }
     LAYER_MODULES = ("layer1", "layer2", "layer3", "layer4")
 
-    def __init__(self, depth: int, norm_layer: NormLayer, width_mult: float = 1.0, stem: str = "deep") -> None:
+    def __init__(
+        self,
+        depth: int,
+        norm_layer: NormLayer,
+        width_mult: float = 1.0,
+        stem: str = "deep",
+        contract_dilation: bool = False,
+        dilate_basic_conv2: bool = True,
+    ) -> None:
         super().__init__()
         if depth not in DEPTHS:
             raise SkdError(f"--arch resnet{depth}: unknown depth; use one of {sorted(DEPTHS)}")
@@ -191,7 +218,8 @@ class DilatedResNet(nn.Module):
             raise SkdError(f"--width-mult {width_mult}: must be a positive number")
         kind, blocks = DEPTHS[depth]
         block: type[BasicBlock] | type[Bottleneck] = BasicBlock if kind == "basic" else Bottleneck
-        self.stem = stem
+        self.depth = depth
+        self.stem_kind = stem
 
         if stem == "deep":
             c1, c2, c3 = scaled(64, width_mult), scaled(64, width_mult), scaled(128, width_mult)
@@ -207,25 +235,42 @@ class DilatedResNet(nn.Module):
             # ceil_mode is what turns 512 into 65 rather than 64 at 1/8.
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
             inplanes = c3
-        else:
+        elif stem == "standard":
             c1 = scaled(64, width_mult)
             self.conv1 = nn.Conv2d(3, c1, 7, stride=2, padding=3, bias=False)
             self.bn1 = norm_layer(c1, activation="identity")
             self.relu1 = nn.ReLU(inplace=False)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
             inplanes = c1
+        else:
+            # mmseg ResNet._make_stem_layer with deep_stem=True: stem_channels 64 -> 32, 32, 64.
+            c1, c3 = scaled(32, width_mult), scaled(64, width_mult)
+            self.stem = nn.Sequential(
+                conv3x3(3, c1, stride=2), norm_layer(c1, activation="identity"), nn.ReLU(inplace=False),
+                conv3x3(c1, c1), norm_layer(c1, activation="identity"), nn.ReLU(inplace=False),
+                conv3x3(c1, c3), norm_layer(c3, activation="identity"), nn.ReLU(inplace=False),
+            )
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+            inplanes = c3
 
         layers = []
         for planes, n, stride, dilation in zip((64, 128, 256, 512), blocks, (1, 2, 1, 1), (1, 1, 2, 4)):
+            first_dilation = dilation // 2 if contract_dilation and dilation > 1 else dilation
             layer, inplanes = self._make_layer(
-                block, inplanes, scaled(planes, width_mult), n, stride, dilation, norm_layer
+                block, inplanes, scaled(planes, width_mult), n, stride, (first_dilation, dilation),
+                norm_layer, dilate_basic_conv2,
             )
             layers.append(layer)
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.layer_channels = tuple(
+        self.channels: tuple[int, int, int, int] = tuple(  # type: ignore[assignment]
             scaled(p, width_mult) * block.expansion for p in (64, 128, 256, 512)
         )
-        self._init_weights()
+        init_weights(self)
+
+    @property
+    def layer_channels(self) -> tuple[int, int, int, int]:
+        """Alias of `channels` (the name before the backbone interface)."""
+        return self.channels
 
     @staticmethod
     def _make_layer(
@@ -234,9 +279,11 @@ class DilatedResNet(nn.Module):
         planes: int,
         blocks: int,
         stride: int,
-        dilation: int,
+        dilations: tuple[int, int],
         norm_layer: NormLayer,
+        dilate_basic_conv2: bool,
     ) -> tuple[nn.Sequential, int]:
+        """A stage; `dilations` = (first block's, the others')."""
         out_ch = planes * block.expansion
         downsample = None
         if stride != 1 or inplanes != out_ch:
@@ -244,28 +291,44 @@ class DilatedResNet(nn.Module):
                 nn.Conv2d(inplanes, out_ch, 1, stride=stride, bias=False),
                 norm_layer(out_ch, activation="identity"),
             )
-        # Multi-grid (1, 1, 1): every block, the first included, uses the layer's dilation.
-        layers = [block(inplanes, planes, stride, dilation, downsample, norm_layer)]
-        layers += [block(out_ch, planes, 1, dilation, None, norm_layer) for _ in range(1, blocks)]
+        first, rest = dilations
+        layers = [block(inplanes, planes, stride, first, downsample, norm_layer, dilate_basic_conv2)]
+        layers += [block(out_ch, planes, 1, rest, None, norm_layer, dilate_basic_conv2) for _ in range(1, blocks)]
         return ResLayer(*layers), out_ch
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif hasattr(m, "running_var") and getattr(m, "weight", None) is not None:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def backbone_module_names(self) -> tuple[str, ...]:
         """Names of the top-level modules holding backbone weights (stem and layer1..4)."""
-        return self.STEM_MODULES[self.stem] + self.LAYER_MODULES
+        return self.STEM_MODULES[self.stem_kind] + self.LAYER_MODULES
+
+    def imagenet_layout(self, sd: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+        """(layout, tensors under this backbone's keys) of an ImageNet ResNet file's state dict.
+
+        "original": the deep stem of the original's resnet*-imagenet.pth (conv1..conv3, bn1..bn3);
+        "torchvision": torchvision's resnet*.pth (a 7x7 conv1); "mmseg": mmseg's resnet*_v1c
+        (`stem.*`, possibly under `backbone.`). The block keys are the same in all three, so
+        only the prefix changes; which stem the file fits is the caller's shape check.
+        """
+        sd = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in sd.items()}
+        if "stem.0.weight" in sd:
+            return "mmseg", sd
+        if "conv2.weight" in sd:
+            return "original", sd
+        return "torchvision", sd
+
+    def default_head_channels(self, variant: str) -> tuple[int, int]:
+        """(decode head, auxiliary head) channels of `variant`: SKD's c4/4 for both
+        (pspnet.py of the original: 512 -> 128 for ResNet-18); mmseg's c4/4 and c3/4
+        (configs/pspnet/pspnet_r18-d8: 128 and 64; _base_/models/pspnet_r50-d8: 512 and 256)."""
+        c3, c4 = self.channels[2], self.channels[3]
+        return (max(1, c4 // 4), max(1, c4 // 4)) if variant == "skd" else (max(1, c4 // 4), max(1, c3 // 4))
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) image -> (B, C, ~H/4, ~W/4) input of layer1."""
+        if self.stem_kind == "v1c":
+            return self.maxpool(self.stem(x))
         x = self.bn1(self.conv1(x))
         norm, relu = self.bn1, self.relu1
-        if self.stem == "deep":
+        if self.stem_kind == "deep":
             x = self.bn2(_relu_then(x, self.relu1, self.bn1, self.conv2))
             x = self.bn3(_relu_then(x, self.relu2, self.bn2, self.conv3))
             norm, relu = self.bn3, self.relu3
@@ -286,3 +349,14 @@ class DilatedResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.forward_features(x)
+
+
+def resnet_backbone(
+    depth: int, norm_layer: NormLayer, width_mult: float, stem: str | None, variant: str
+) -> DilatedResNet:
+    """The ResNet of model variant `variant` ("skd" or "mmseg", see `STYLES`); stem None = the variant's."""
+    style = STYLES[variant]
+    return DilatedResNet(
+        depth, norm_layer, width_mult=width_mult, stem=str(style["stem"]) if stem is None else stem,
+        contract_dilation=bool(style["contract_dilation"]), dilate_basic_conv2=bool(style["dilate_basic_conv2"]),
+    )
