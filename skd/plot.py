@@ -354,7 +354,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SkdError("nothing to plot: give RUN folders and/or --ablation ROOT")
     if args.names is not None and len(args.names) != len(args.runs):
         raise SkdError(f"--names: {len(args.names)} names for {len(args.runs)} runs")
-    _pyplot_free_figure((1, 1))  # fail on a missing matplotlib before reading anything
+    for run in args.runs:
+        if not (run / "metrics.jsonl").is_file():
+            raise SkdError(f"{run}: no metrics.jsonl in it; pass the --snapshot-dir of a skd-train run")
+    if args.ablation is not None and not args.ablation.is_dir():
+        raise SkdError(f"--ablation {args.ablation}: no such folder")
+    _pyplot_free_figure((1, 1))  # a missing matplotlib fails before anything is read
     written = plot_runs(args.runs, args.out, args.names) if args.runs else []
     if args.ablation is not None:
         written += plot_ablation(args.ablation, args.out)
