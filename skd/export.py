@@ -279,9 +279,10 @@ def _require(module: str, what: str, alternative: str = "") -> None:
 
 
 def check_export(eager: nn.Module, run: Callable[[Tensor], Tensor], example: Tensor, atol: float,
-                 rtol: float) -> tuple[float, float]:
-    """Max |run(x) - eager(x)| on `example`, and the bound atol + rtol * max|eager(x)| it must
-    respect. Raises SkdError when the shapes differ or the difference exceeds the bound."""
+                 rtol: float) -> tuple[float, float, tuple[int, ...]]:
+    """Max |run(x) - eager(x)| on `example`, the bound atol + rtol * max|eager(x)| it must
+    respect, and the output shape. Raises SkdError when the shapes differ or the difference
+    exceeds the bound."""
     with torch.no_grad():
         want = eager(example)
     got = run(example)
@@ -292,7 +293,7 @@ def check_export(eager: nn.Module, run: Callable[[Tensor], Tensor], example: Ten
     if not diff <= bound:  # also catches NaN
         raise SkdError(f"the exported model differs from the eager one by {diff:.3g} (> {bound:.3g}); "
                        f"the file was not written")
-    return diff, bound
+    return diff, bound, tuple(want.shape)
 
 
 EXPORTERS = {"torchscript": export_torchscript, "exported-program": export_program, "onnx": export_onnx}
@@ -326,15 +327,13 @@ def export(model: nn.Module, fmt: str, out: Path, input_size: tuple[int, int], b
                 run = export_onnx(model, example, tmp, exporter=onnx_exporter)
             else:
                 run = EXPORTERS[fmt](model, example, tmp)
-        diff, bound = check_export(model, run, check_input, atol, rtol)
+        diff, bound, out_shape = check_export(model, run, check_input, atol, rtol)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it an ordinary file's mode
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    with torch.no_grad():
-        out_shape = tuple(model(example).shape)
     return {"format": fmt, "path": str(out), "input_shape": list(example.shape), "output_shape": list(out_shape),
             "max_abs_diff": diff, "bound": bound}
 
