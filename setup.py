@@ -20,13 +20,23 @@ setup(
         "tqdm",
         "ninja",
     ],
-    extras_require={"test": ["pytest"]},
+    # Optional features; `pip install -e .` needs none of them (docs/tools.md).
+    extras_require={
+        "test": ["pytest"],
+        "config": ["pyyaml"],                           # --config FILE.yaml (JSON needs nothing)
+        "tensorboard": ["tensorboard"],                 # --tensorboard
+        "plot": ["matplotlib"],                         # skd-plot
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],  # skd-export --format onnx and its check
+    },
     entry_points={
         "console_scripts": [
             "skd-train=skd.train:main",
             "skd-eval=skd.evaluate:main",
             "skd-test=skd.predict:main",
             "skd-make-synthetic=skd.data.synthetic:main",
+            "skd-plot=skd.plot:main",
+            "skd-profile=skd.profile:main",
+            "skd-export=skd.export:main",
         ]
     },
 )
