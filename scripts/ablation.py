@@ -36,7 +36,7 @@ PAPER = {"baseline": 69.10, "pi": 70.51, "pi+pa": 71.78, "pi+pa+ho": 74.08}
 # recipe, all forced by the short schedule:
 # - the teacher trains 450 steps, long enough to beat the 200-step student clearly (29 vs 23 mIoU);
 #   a teacher no better than the student has nothing to distil;
-# - --lambda-pi 1 instead of 10. The original's pixel-wise term is summed over the batch (SPEC),
+# - --lambda-pi 1 instead of 10. The original's pixel-wise term is summed over the batch (docs/reproduction.md),
 #   so at batch 8 lambda 10 weighs it 80x the task loss; from scratch and 200 steps at lr 0.02,
 #   that drowns the labels (17.0 mIoU against the baseline's 23.1), while 1 (8x) lifts the student
 #   to 27.1. Pass `-- --lambda-pi 10` to see the paper's weight;

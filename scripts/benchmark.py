@@ -109,7 +109,7 @@ def reset_peak_rss() -> bool:
 
 def train_args(case: dict):
     """The skd-train namespace of this case, parsed and range-checked as skd-train does."""
-    from skd.options import check_train_args, logit_size, resolve_distill_defaults, train_parser
+    from skd.options import check_train_args, logit_size, resolve_dataset, resolve_distill_defaults, train_parser
 
     crop = case["crop"]
     # The discriminator needs 64x64 logits; smaller crops resize them, as --d-input-size does.
@@ -125,6 +125,7 @@ def train_args(case: dict):
     ]
     args = train_parser().parse_args(argv)
     resolve_distill_defaults(args)
+    resolve_dataset(args, train_split="train", val_split="val")
     check_train_args(args)
     return args
 

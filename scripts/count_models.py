@@ -17,9 +17,9 @@ from skd.models import build_model, count_flops, count_parameters
 
 # name -> (build_model arguments, published figure to compare with)
 NETWORKS: dict[str, tuple[dict, str]] = {
-    "skd-pspnet-resnet18": (dict(arch="resnet18"), "13,068,262 params (original SKD code, SPEC)"),
+    "skd-pspnet-resnet18": (dict(arch="resnet18"), "13,068,262 params (original SKD code, docs/reproduction.md)"),
     "skd-pspnet-resnet18-w0.5": (dict(arch="resnet18", width_mult=0.5), ""),
-    "skd-pspnet-resnet101": (dict(arch="resnet101"), "70,437,350 params (original SKD code, SPEC)"),
+    "skd-pspnet-resnet101": (dict(arch="resnet101"), "70,437,350 params (original SKD code, docs/reproduction.md)"),
     "skd-pspnet-resnet18-aux64": (dict(arch="resnet18", aux_channels=64),
                                   "CIRKD Table 1 PSPNet-R18: 12.9M params, 507.4G"),
     "skd-deeplabv3-resnet18": (dict(arch="resnet18", head="aspp"), ""),

@@ -40,7 +40,10 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """Add `--config FILE` and `--print-config` to `parser` (read by parse_with_config)."""
+    """Add `--config FILE` and `--print-config` to `parser` (read by parse_with_config); a parser
+    that has them already (skd-train's) is left as it is."""
+    if "--config" in parser._option_string_actions:
+        return
     g = parser.add_argument_group("configuration file")
     g.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="YAML or JSON file of flag values (keys: flag names without dashes); "
@@ -160,6 +163,8 @@ def convert_value(action: argparse.Action, value: Any, key: str, path: Path) -> 
         return action.const if value else action.default
     if action.nargs in ("+", "*") or isinstance(action.nargs, int):
         values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if action.nargs == "+" and not values and action.default == []:
+            return []  # the flag's own default (e.g. --eval-at: none), as a dump writes it
         if action.nargs == "+" and not values:
             raise SkdError(f"{path}: key {key!r}: {_flag_name(action)} needs at least one value")
         if isinstance(action.nargs, int) and len(values) != action.nargs:

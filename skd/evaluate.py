@@ -7,34 +7,55 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import torch
 
 from skd.data import EvalTransform
 from skd.data.registry import build_dataset
+from skd.engine.build import network_from_args
 from skd.engine.distributed import cleanup, init_distributed
-from skd.engine.evaluate import Inference, evaluate
+from skd.engine.evaluate import Inference, evaluate, predict
 from skd.engine.runtime import autocast_factory, cli, configure_numerics, setup_logging
 from skd.metrics import format_table
-from skd.models import build_pspnet, load_weights
 from skd.options import eval_parser, resolve_dataset
+from skd.models import load_model
+from skd.vis import write_panel
 
 log = logging.getLogger("skd.evaluate")
 
 
 def build_model(args, device: torch.device) -> torch.nn.Module:
-    """The network named by the flags, loaded from --ckpt, in eval mode on `device`."""
-    # Inference uses plain BN whatever the training norm was: the state_dict keys are the same,
-    # and nothing is saved for a backward pass.
-    model = build_pspnet(args.arch, num_classes=args.num_classes, width_mult=args.width_mult,
-                         norm="bn", stem=args.stem)
-    load_weights(model, args.ckpt)
+    """The network --ckpt describes (architecture flags given must agree with it), in eval mode
+    on `device`. Inference builds plain BN whatever the training norm was: the weights are the
+    same, and nothing is saved for a backward pass."""
+    model = network_from_args(args, args.ckpt)
     model = model.eval().to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     if args.compile:
         model.forward = torch.compile(model.forward)
     return model
+
+
+def panel_writer(args, dataset, device: torch.device, how: Inference, vis_dir: Path):
+    """--vis N: a callback writing the panel of each of the first N images (with the teacher's
+    prediction when --teacher-ckpt is given), or None."""
+    if not args.vis:
+        return None
+    teacher = load_model(args.teacher_ckpt).to(device) if args.teacher_ckpt is not None else None
+    palette = dataset.info.palette
+
+    def write(index: int, image: torch.Tensor, label, pred: torch.Tensor, name: str) -> None:
+        if index >= args.vis:
+            return
+        t_pred = None
+        if teacher is not None:
+            t_pred = predict(teacher, image.unsqueeze(0).to(device), args.num_classes, how).argmax(1)[0].cpu()
+        gt = label if dataset.info.split_has_labels(args.split) else None
+        write_panel(vis_dir / f"{name}.png", image, pred.cpu(), palette, gt=gt, teacher=t_pred,
+                    overlay=args.vis_overlay)
+    return write
 
 
 def inference_of(args, device: torch.device) -> Inference:
@@ -54,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         resolve_dataset(args, split="val")
         dataset = build_dataset(args.dataset, args.data_dir, args.split, args.data_list, transform=EvalTransform())
         model = build_model(args, device)
-        conf = evaluate(model, dataset, device=device, num_classes=args.num_classes, how=inference_of(args, device),
+        how = inference_of(args, device)
+        vis_dir = args.vis_dir or args.ckpt.with_name(f"{args.ckpt.stem}_{args.split}_vis")
+        conf = evaluate(model, dataset, device=device, num_classes=args.num_classes, how=how,
                         rank=info.rank, world_size=info.world_size, max_images=args.max_images,
-                        progress=info.is_main)
+                        progress=info.is_main, on_image=panel_writer(args, dataset, device, how, vis_dir))
         summary = conf.summary(dataset.info.class_names)
         summary.update(ckpt=str(args.ckpt), dataset=args.dataset, split=args.split, mode=args.mode, scales=args.scales,
                        flip=args.flip, ms_average=args.ms_average,
@@ -66,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out or args.ckpt.with_name(args.ckpt.stem + f"_{args.split}_miou.json")
             out.write_text(json.dumps(summary, indent=2))
             log.info("results written to %s", out)
+            if args.vis:
+                log.info("panels of the first %d images in %s", min(args.vis, summary["images"]), vis_dir)
     finally:
         cleanup()
     return 0

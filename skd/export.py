@@ -5,10 +5,10 @@
 What is exported (`DeployNet`): raw image in, logits at the image size out.
 - Input: (B, 3, H, W) float32, BGR channel order, values 0..255, exactly as `cv2.imread` gives
   an image after `.astype(np.float32).transpose(2, 0, 1)`. The network's own input convention
-  (`net.input_spec.normalize`, see skd/models/convention.py: for skd's PSPNets the Caffe BGR
+  (`net.input_spec.normalize`, see skd/models/convention.py: for skd's SegmentationNets the Caffe BGR
   mean subtracted, no std) is part of the exported graph, so a caller never normalises.
 - Output: (B, K, H, W) logits, bilinearly upsampled to the input size with the network's
-  align_corners (True for skd's PSPNets, as the original evaluation), so `argmax(1)` is the
+  align_corners (True for skd's SegmentationNets, as the original evaluation), so `argmax(1)` is the
   label map skd-eval would score; `--upsample False` keeps the (B, K, ~H/8, ~W/8) logits.
 - No auxiliary (DSN) head: it only serves the training loss.
 - A fixed input size (`--input-size`, default 1024,2048, a full Cityscapes image) and batch.
@@ -21,7 +21,7 @@ or the file is not written.
 ONNX and the pyramid pooling: the legacy TorchScript-based exporter refuses
 `adaptive_avg_pool2d` when the output size does not divide the input ("Unsupported: ONNX export
 of operator adaptive_avg_pool2d, output size that are not factor of input size"), which is
-the case for PSPNet's bins 3 and 6 on a 65x65 or 129x257 feature map. The torch.export-based
+the case for SegmentationNet's bins 3 and 6 on a 65x65 or 129x257 feature map. The torch.export-based
 exporter (the default since torch 2.9) exports it through a Gather/Where decomposition. We
 export neither: every `nn.AdaptiveAvgPool2d` is replaced, for the fixed input size, by
 `FixedAdaptiveAvgPool2d`, which averages the same bins with slices and sums (ONNX Slice,
@@ -43,11 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from skd.engine.build import network_from_args
 from skd.engine.runtime import cli, setup_logging
 from skd.errors import SkdError
-from skd.models import ARCHS, PSPNet, build_pspnet, load_weights
-from skd.models.convention import SKD_INPUT, InputSpec
-from skd.options import size_pair, str2bool
+from skd.models import SegmentationNet
+from skd.models.convention import InputSpec
+from skd.options import add_model_args, size_pair, str2bool
 
 log = logging.getLogger("skd.export")
 
@@ -135,56 +136,51 @@ def _pair(output_size, input_size: tuple[int, int]) -> tuple[int, int]:
 
 
 class DeployNet(nn.Module):
-    """A PSPNet for deployment: (B, 3, H, W) raw BGR 0..255 float -> (B, K, H, W) logits.
+    """A SegmentationNet for deployment: (B, 3, H, W) raw BGR 0..255 float -> (B, K, H, W) logits.
 
     Normalises with the network's InputSpec, runs the backbone, pyramid pooling and classifier
     (not the auxiliary DSN head) and, with `upsample`, resizes the logits bilinearly to the
     input size with the spec's align_corners; without, returns them at ~1/8 of the input.
     """
 
-    def __init__(self, net: PSPNet, upsample: bool = True) -> None:
+    def __init__(self, net: SegmentationNet, upsample: bool = True) -> None:
         super().__init__()
         self.net = net
         self.upsample = upsample
-        # PSPNets carry their convention as `input_spec` once the raw-image pipeline lands;
-        # until then every skd PSPNet is the original's (SKD_INPUT).
-        self.spec: InputSpec = getattr(net, "input_spec", SKD_INPUT)
+        self.spec: InputSpec = net.input_spec
 
     def forward(self, raw: Tensor) -> Tensor:
         x = self.spec.normalize(raw)
-        l4 = self.net.forward_features(x)[3]
-        logits = self.net.head(self.net.pspmodule(l4))
+        l4 = self.net.backbone(x)[3]
+        _, logits = self.net.decode_head(l4)
         if self.upsample:
             logits = F.interpolate(logits, size=raw.shape[-2:], mode="bilinear",
                                    align_corners=self.spec.align_corners)
         return logits
 
 
-def deploy_parameters(net: PSPNet) -> int:
-    """Parameter elements a DeployNet uses: all of the PSPNet's but the DSN head's."""
-    return sum(p.numel() for n, p in net.named_parameters() if not n.startswith("dsn."))
+def deploy_parameters(net: SegmentationNet) -> int:
+    """Parameter elements a DeployNet uses: all of the network's but the auxiliary head's."""
+    aux = {id(p) for p in net.auxiliary_head.parameters()}
+    return sum(p.numel() for p in net.parameters() if id(p) not in aux)
 
 
-def add_network_args(p: argparse.ArgumentParser) -> None:
-    """--arch, --width-mult, --num-classes, --stem: skd-eval's model flags without --norm, which
-    changes nothing at inference (the weights are the same; skd-eval builds plain BN too)."""
-    g = p.add_argument_group("model (must match --ckpt)")
-    g.add_argument("--arch", choices=ARCHS, default="resnet18", help="PSPNet backbone (default resnet18)")
-    g.add_argument("--width-mult", type=float, default=1.0, help="channel width multiplier (default 1.0)")
-    g.add_argument("--num-classes", type=int, default=19, help="number of classes (default 19, Cityscapes)")
-    g.add_argument("--stem", choices=["deep", "standard"], default="deep", help="deep (the original) or standard stem")
+def add_network_args(p: argparse.ArgumentParser, ckpt_required: bool = False) -> None:
+    """--ckpt (optional) and the architecture flags (skd-eval's, without --norm, which changes
+    nothing at inference): a file describes its network, flags given must agree with it; without
+    --ckpt the flags build a randomly initialised network."""
+    p.add_argument("--ckpt", type=Path, default=None, required=ckpt_required,
+                   help="the network (skd, official SKD or mmseg checkpoint)"
+                        + ("" if ckpt_required else "; without it, random weights of the model flags"))
+    add_model_args(p, describes_itself=True, norm=False, title="model")
 
 
-def build_network(args: argparse.Namespace) -> PSPNet:
-    """The PSPNet of the model flags (--arch, --width-mult, --num-classes, --stem), with the
-    weights of --ckpt when given, in eval mode with plain BN (the norm does not change the
-    weights). skd-profile and skd-export share it; once skd.models.load_model(path) reads the
-    architecture from the checkpoint, the --ckpt branch becomes `return load_model(args.ckpt).eval()`."""
-    net = build_pspnet(args.arch, num_classes=args.num_classes, width_mult=args.width_mult, norm="bn",
-                       stem=args.stem)
-    if getattr(args, "ckpt", None) is not None:
-        load_weights(net, args.ckpt)
-    return net.eval()
+def build_network(args: argparse.Namespace) -> SegmentationNet:
+    """The network of --ckpt and/or the model flags, in eval mode with plain BN (the norm does
+    not change the weights). skd-profile and skd-export share it."""
+    if getattr(args, "num_classes", None) is None and getattr(args, "ckpt", None) is None:
+        args.num_classes = 19
+    return network_from_args(args, getattr(args, "ckpt", None)).eval()
 
 
 def random_raw_image(shape: tuple[int, ...], seed: int = 0) -> Tensor:
@@ -341,10 +337,9 @@ def export(model: nn.Module, fmt: str, out: Path, input_size: tuple[int, int], b
 def export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="skd-export",
-        description="Write a PSPNet checkpoint for deployment (raw BGR 0..255 image in, logits out, "
+        description="Write a network checkpoint for deployment (raw BGR 0..255 image in, logits out, "
                     "no auxiliary head), checked against the eager network.")
-    p.add_argument("--ckpt", type=Path, required=True, help="weights: skd checkpoint or official SKD .pth")
-    add_network_args(p)
+    add_network_args(p, ckpt_required=True)
     p.add_argument("--format", choices=FORMATS, required=True, help="output format")
     p.add_argument("--out", type=Path, required=True, help="file to write (.pt, .pt2, .onnx)")
     p.add_argument("--input-size", type=size_pair, default=(1024, 2048),

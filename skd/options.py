@@ -16,9 +16,13 @@ from pathlib import Path
 
 import torch
 
+from skd.config import add_config_args
 from skd.data.info import DatasetInfo
 from skd.data.registry import dataset_info, dataset_names, dataset_recipe
 from skd.engine.terms import term_flags
+from skd.models.resnet import STEMS
+from skd.models.segnet import ARCHS as MODEL_ARCHS
+from skd.models.segnet import HEADS, VARIANTS
 from skd.errors import SkdError
 from skd.flags import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, UNIT, Flag, choice, number,
                        size_pair, str2bool, switch)
@@ -26,7 +30,6 @@ from skd.flags import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, UNI
 __all__ = ["SkdArgumentParser", "args_to_dict", "check_train_args", "check_writable_dir", "eval_parser",
            "logit_size", "resolve_dataset", "resolve_distill_defaults", "size_pair", "str2bool", "test_parser", "train_parser"]
 
-ARCH_HELP = "backbone: resnet18 | resnet34 | resnet50 | resnet101"
 
 
 class SkdArgumentParser(argparse.ArgumentParser):
@@ -91,16 +94,47 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     _add(g, Flag("--num-workers", NONNEG_INT, 2, "data loading processes (default %(default)s)"))
 
 
-def add_model_args(p: argparse.ArgumentParser, default_arch: str = "resnet18") -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", default=default_arch, help=f"{ARCH_HELP} (default %(default)s)")
-    _add(g, Flag("--width-mult", POSITIVE, 1.0,
-                 "channel width multiplier of the backbone, e.g. 0.5 for the paper's ResNet18 (0.5)"),
-         choice("--stem", ("deep", "standard"), "deep", "deep (3 convs, the original) or standard (7x7, torchvision's) stem"),
-         choice("--norm", ("bn", "syncbn", "inplace_abn", "inplace_abn_sync"), "bn",
-                "norm layer; syncbn / inplace_abn_sync reduce statistics over ranks (default bn)"),
-         Flag("--num-classes", number(int, 2), None, "number of classes (default: the dataset's, e.g. 19 for "
-                                                    "Cityscapes); a value that differs from the dataset's is refused"))
+# The flags of a network's architecture (skd.models.build_model's keys) and their defaults when
+# nothing else says: the original's PSPNet-R18.
+ARCH_DEFAULTS = {"arch": "resnet18", "head": "psp", "variant": "skd", "width_mult": 1.0, "stem": None}
+
+
+def add_model_args(p: argparse.ArgumentParser, *, prefix: str = "", describes_itself: bool = False,
+                   norm: bool = True, classes: bool = True, title: str = "model") -> None:
+    """--[prefix]arch/head/variant/width-mult/stem (and --num-classes, --norm).
+
+    With `describes_itself` the defaults are None: the checkpoint file says what it is, and a
+    flag that is given must agree with it (`skd.engine.build.network_from_args`)."""
+    d = dict.fromkeys(ARCH_DEFAULTS) if describes_itself else ARCH_DEFAULTS
+    g = p.add_argument_group(title + (" (default: what the checkpoint file describes; a flag given must agree "
+                                      "with it)" if describes_itself else ""))
+    _add(g, choice(f"--{prefix}arch", MODEL_ARCHS, d["arch"], f"backbone: {' | '.join(MODEL_ARCHS)}"
+                   + ("" if describes_itself else " (default %(default)s)")),
+         choice(f"--{prefix}head", tuple(HEADS), d["head"], "decode head: psp (PSPNet) or aspp (DeepLabV3)"
+                + ("" if describes_itself else " (default %(default)s)")),
+         choice(f"--{prefix}variant", tuple(VARIANTS), d["variant"],
+                "skd (the original SKD networks: BGR minus the mean, align_corners True) or mmseg "
+                "(mmsegmentation's ResNetV1c-D8 / heads: RGB mean/std, align_corners False)"
+                + ("" if describes_itself else " (default %(default)s)")),
+         Flag(f"--{prefix}width-mult", POSITIVE, d["width_mult"],
+              "channel width multiplier of the backbone, e.g. 0.5 for the paper's ResNet18 (0.5)"),
+         choice(f"--{prefix}stem", STEMS, None, "ResNet stem: deep (3 convs, the original), standard "
+                                                "(torchvision's 7x7) or v1c (mmseg's); default: the variant's"))
+    if norm:
+        _add(g, choice("--norm", ("bn", "syncbn", "inplace_abn", "inplace_abn_sync"), "bn",
+                       "norm layer; syncbn / inplace_abn_sync reduce statistics over ranks (default bn)"))
+    if classes:
+        _add(g, Flag("--num-classes", number(int, 2), None, "number of classes (default: the dataset's, e.g. 19 "
+                                                            "for Cityscapes); a value that differs from the "
+                                                            "dataset's is refused"))
+
+
+def model_flags(args: argparse.Namespace, prefix: str = "", classes: bool = True) -> dict:
+    """The architecture values the flags give (None: not given), as build_model keys."""
+    out = {k: getattr(args, prefix + k) for k in ARCH_DEFAULTS if getattr(args, prefix + k, None) is not None}
+    if classes and getattr(args, "num_classes", None) is not None:
+        out["num_classes"] = args.num_classes
+    return out
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
@@ -127,13 +161,24 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
          Flag("--input-size", crop, (512, 512), "sliding-window tile H,W (default 512,512)"))
 
 
+def add_vis_args(p: argparse.ArgumentParser, default_dir: str) -> None:
+    g = p.add_argument_group("visual panels")
+    _add(g, Flag("--vis", NONNEG_INT, 0, "write panels (image | ground truth | prediction | errors [| teacher]) "
+                                         "of the first N images, in the dataset's palette (default 0)"),
+         switch("--vis-overlay", False, "blend the predictions over the image in the panels"))
+    g.add_argument("--vis-dir", type=Path, default=None, help=f"folder of the panels (default {default_dir})")
+    g.add_argument("--teacher-ckpt", type=Path, default=None,
+                   help="a teacher whose predictions the panels show too (any checkpoint that describes itself)")
+
+
 def inference_parser(prog: str, description: str, split: str) -> argparse.ArgumentParser:
     """What skd-eval and skd-test share: data, --split, --ckpt, the model, evaluation and runtime."""
     p = SkdArgumentParser(prog=prog, description=description)
     add_data_args(p)
     p.add_argument("--split", default=None, help=f"split (default: the dataset's {split} split)")
-    p.add_argument("--ckpt", type=Path, required=True, help="weights: skd checkpoint or official SKD .pth")
-    add_model_args(p)
+    p.add_argument("--ckpt", type=Path, required=True,
+                   help="the network: an skd checkpoint, an official SKD .pth or an mmsegmentation checkpoint")
+    add_model_args(p, describes_itself=True, norm=False)
     add_eval_args(p)
     add_runtime_args(p)
     return p
@@ -143,6 +188,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p = inference_parser("skd-eval", "mIoU of a PSPNet on a labelled split.", "validation")
     p.add_argument("--out", type=Path, default=None, help="JSON file for the results (default: next to --ckpt)")
     _add(p, Flag("--max-images", NONNEG_INT, 0, "only the first N images (0 = all)"))
+    add_vis_args(p, "<ckpt>_<split>_vis next to --ckpt")
     return p
 
 
@@ -150,6 +196,7 @@ def test_parser() -> argparse.ArgumentParser:
     p = inference_parser("skd-test", "Write predictions for a split in the dataset's own label encoding "
                                      "(Cityscapes: the submission format).", "test")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_vis_args(p, "<out>/vis")
     return p
 
 
@@ -162,10 +209,15 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-split", default=None, help="training split (default: the dataset's, e.g. train)")
     p.add_argument("--val-list", type=Path, default=None, help="list file of the validation images")
     p.add_argument("--val-split", default=None, help="validation split (default: the dataset's, e.g. val)")
-    add_model_args(p)
+    add_model_args(p, title="student")
     p.add_argument("--restore-from", type=Path, default=None,
-                   help="student initialisation: ImageNet backbone file (resnet18-imagenet.pth layout) "
-                        "or full PSPNet weights (official or skd checkpoint)")
+                   help="student initialisation: an ImageNet backbone file (the original's resnet18-imagenet.pth, "
+                        "torchvision's resnet*/mobilenet_v2, mmseg's resnet*_v1c) or a whole network of the "
+                        "student's architecture (skd, official SKD or mmseg checkpoint)")
+    _add(p, choice("--restore-norm-weight", ("auto", "abs", "plain"), "auto",
+                   "norm weights of an ImageNet file: auto = |w| + 1e-5 for the original's deep-stem file (what its "
+                   "InPlace-ABN computed, docs/models.md), as they are for torchvision's and mmseg's; abs / plain "
+                   "force either"))
 
     g = p.add_argument_group("optimisation (the original SKD recipe by default)")
     _add(g, Flag("--input-size", crop, (512, 512), "training crop H,W (default 512,512)"),
@@ -189,12 +241,10 @@ def train_parser() -> argparse.ArgumentParser:
          Flag("--ohem-thresh", UNIT, 0.7, "OHEM probability threshold"),
          Flag("--ohem-keep", NONNEG_INT, 100000, "OHEM minimum kept pixels"))
 
-    g = p.add_argument_group("teacher")
-    g.add_argument("--teacher-ckpt", type=Path, default=None,
-                   help="teacher weights (official SKD checkpoint or skd checkpoint); enables distillation")
-    g.add_argument("--teacher-arch", default="resnet101", help=f"teacher {ARCH_HELP} (default resnet101)")
-    _add(g, Flag("--teacher-width-mult", POSITIVE, 1.0, "teacher width multiplier"),
-         choice("--teacher-stem", ("deep", "standard"), "deep", "teacher stem"))
+    p.add_argument("--teacher-ckpt", type=Path, default=None,
+                   help="the teacher, a file that describes its network (skd, official SKD or mmseg checkpoint); "
+                        "enables distillation")
+    add_model_args(p, prefix="teacher-", describes_itself=True, norm=False, classes=False, title="teacher")
 
     for term, flags in term_flags():
         _add(p.add_argument_group(f"{term.name}: {term.help}"), *flags)
@@ -213,8 +263,12 @@ def train_parser() -> argparse.ArgumentParser:
          switch("--deterministic", False, "deterministic algorithms (bit-exact resume on CPU)"),
          Flag("--skip-nonfinite", NONNEG_INT, 0, "skip up to N steps whose loss is NaN/Inf (default 0: stop at "
                                                  "the first)"),
-         switch("--progress", True, "tqdm progress bar (default True)"))
+         switch("--progress", True, "tqdm progress bar (default True)"),
+         switch("--tensorboard", False, "also write the logged scalars and validations as TensorBoard events to "
+                                        "<snapshot-dir>/tensorboard (pip install 'skd[tensorboard]'); "
+                                        "metrics.jsonl stays the record"))
     add_runtime_args(p)
+    add_config_args(p)
     return p
 
 

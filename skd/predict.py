@@ -18,7 +18,7 @@ from skd.data.registry import build_dataset
 from skd.engine.distributed import barrier, cleanup, init_distributed
 from skd.engine.evaluate import predict
 from skd.engine.runtime import cli, configure_numerics, setup_logging
-from skd.evaluate import build_model, inference_of
+from skd.evaluate import build_model, inference_of, panel_writer
 from skd.options import check_writable_dir, resolve_dataset, test_parser
 
 log = logging.getLogger("skd.predict")
@@ -37,10 +37,13 @@ def main(argv: list[str] | None = None) -> int:
                                 has_labels=False)
         model = build_model(args, device)
         how = inference_of(args, device)
+        panel = panel_writer(args, dataset, device, how, args.vis_dir or args.out / "vis")
         for i in tqdm(range(info.rank, len(dataset), info.world_size), desc="test", disable=not info.is_main):
-            image, _, name = dataset[i]
-            scores = predict(model, image.unsqueeze(0).to(device), args.num_classes, how)
-            dataset.info.write_prediction(args.out, name, scores.argmax(1)[0].to(torch.uint8).cpu().numpy())
+            image, label, name = dataset[i]
+            pred = predict(model, image.unsqueeze(0).to(device), args.num_classes, how).argmax(1)[0]
+            dataset.info.write_prediction(args.out, name, pred.to(torch.uint8).cpu().numpy())
+            if panel is not None:
+                panel(i, image, label, pred, name)
         barrier()
         log.info("%d predictions written to %s", len(dataset), args.out)
     finally:

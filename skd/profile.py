@@ -8,7 +8,7 @@ The network profiled is the deployed one (skd.export.DeployNet without upsamplin
 `--batch-size`, float32. The auxiliary DSN head only serves training; its parameters and
 FLOPs are reported apart.
 
-- Parameters: elements of every parameter (trainable, as SPEC §2 counts them), with and
+- Parameters: elements of every parameter (trainable, as docs/reproduction.md counts them), with and
   without the DSN head.
 - FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one forward on the "meta" device (no
   memory, no arithmetic), which counts convolutions and matrix products as 2 FLOPs per
@@ -45,13 +45,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from skd.engine.runtime import cli, setup_logging
 from skd.errors import SkdError
 from skd.export import DeployNet, add_network_args, build_network, deploy_parameters
-from skd.models import PSPNet, build_pspnet
+from skd.models import SegmentationNet, build_model
 from skd.options import size_pair
 
 log = logging.getLogger("skd.profile")
 
 # Parts of a PSPNet in the FLOP breakdown, in forward order; "stem" is what the others leave.
-PARTS = ("layer1", "layer2", "layer3", "layer4", "pspmodule", "head", "dsn")
+PARTS = ("backbone", "decode_head", "auxiliary_head")
 
 
 def count_flops(module: nn.Module, example: torch.Tensor) -> tuple[int, dict[str, int]]:
@@ -71,21 +71,23 @@ def count_flops(module: nn.Module, example: torch.Tensor) -> tuple[int, dict[str
     return counter.get_total_flops(), by_child
 
 
-def pspnet_flops(config: dict[str, Any], input_shape: tuple[int, int, int, int]) -> dict[str, int]:
-    """FLOPs of the PSPNet of `config` (PSPNet.config()) on an input of `input_shape`, split into
-    stem, layer1..4, pspmodule, head, dsn, and the totals "deploy" (all but dsn) and "train".
+def network_flops(config: dict[str, Any], input_shape: tuple[int, int, int, int]) -> dict[str, Any]:
+    """FLOPs of the network of `config` (`net.config()`) on an input of `input_shape`: "backbone",
+    "decode_head", "auxiliary_head", the totals "deploy" (all but the auxiliary head) and
+    "train", and "children" (each top-level module, e.g. conv1, layer1, pspmodule, head, dsn).
 
     Built and run on the meta device: no weights are allocated and nothing is computed.
     """
-    with torch.device("meta"):
-        net = build_pspnet(config["arch"], num_classes=config["num_classes"], width_mult=config["width_mult"],
-                           norm="bn", stem=config["stem"]).eval()
-        total, by_child = count_flops(net, torch.empty(input_shape))
-    split = {part: by_child.get(part, 0) for part in PARTS}
-    split = {"stem": total - sum(split.values()), **split}
-    split["deploy"] = total - split["dsn"]
-    split["train"] = total
-    return split
+    with torch.device("meta"), torch.no_grad():
+        net = build_model(**{**config, "norm": "bn"}).eval()
+        x = torch.empty(input_shape)
+        # Part by part: each is called as its own root, so its children are named after it.
+        backbone, by_backbone = count_flops(net.backbone, x)
+        _, _, l3, l4 = net.backbone(x)
+        decode, by_decode = count_flops(net.decode_head, l4)
+        aux, by_aux = count_flops(net.auxiliary_head, l3)
+    return {"backbone": backbone, "decode_head": decode, "auxiliary_head": aux, "deploy": backbone + decode,
+            "train": backbone + decode + aux, "children": {**by_backbone, **by_decode, **by_aux}}
 
 
 def _sync(device: torch.device) -> None:
@@ -162,14 +164,14 @@ def peak_memory(fn: Callable[[], Any], device: torch.device, resident: int) -> t
     return resident + peak_tensor_bytes(fn), "live CPU tensors at the peak, from torch.profiler's allocation events"
 
 
-def profile(net: PSPNet, input_size: tuple[int, int], batch_size: int = 1, device: torch.device | str = "cpu",
+def profile(net: SegmentationNet, input_size: tuple[int, int], batch_size: int = 1, device: torch.device | str = "cpu",
             warmup: int = 2, repeat: int = 10) -> dict[str, Any]:
     """Parameters, FLOPs, latency and peak memory of `net` deployed (DeployNet, no upsampling)
     on a (batch_size, 3, H, W) raw image on `device`. Returns a JSON-ready dict (see the module
     docstring for what each figure measures)."""
     device = torch.device(device)
     shape = (batch_size, 3, *input_size)
-    flops = pspnet_flops(net.config(), shape)
+    flops = network_flops(net.config(), shape)
     deploy = DeployNet(net, upsample=False).eval().to(device)
     raw = torch.rand(shape, device=device) * 255
 
@@ -216,7 +218,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"parameters   {r['params']['deploy']:,} deployed (no DSN head); {r['params']['total']:,} with it",
         f"FLOPs        {f['deploy'] / g:.2f} G deployed ({f['deploy'] / 2 / g:.2f} G multiply-adds); "
         f"{f['train'] / g:.2f} G with the DSN head",
-        "             " + ", ".join(f"{k} {f[k] / g:.2f}" for k in ("stem",) + PARTS[:-1]),
+        "             " + ", ".join(f"{k.replace('_', ' ')} {f[k] / g:.2f}" for k in PARTS),
         f"latency      {1e3 * r['latency_s']['median']:.1f} ms median of {r['latency_s']['repeat']} "
         f"(min {1e3 * r['latency_s']['min']:.1f}, max {1e3 * r['latency_s']['max']:.1f}; "
         f"{r['latency_s']['warmup']} warm-up)",
@@ -228,10 +230,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 def profile_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skd-profile",
-                                description="Parameters, FLOPs, forward latency and peak memory of a PSPNet.")
-    p.add_argument("--ckpt", type=Path, default=None,
-                   help="checkpoint to profile (its flags --arch/--width-mult/... must match it); default: "
-                        "a randomly initialised network of the model flags")
+                                description="Parameters, FLOPs, forward latency and peak memory of a network.")
     add_network_args(p)
     p.add_argument("--input-size", type=size_pair, default=(512, 1024), help="input H,W (default 512,1024)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size (default 1)")

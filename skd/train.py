@@ -17,6 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from skd.config import config_text, dump_config, parse_with_config
 from skd.engine import checkpoint as ckpt
 from skd.engine.build import build_train_loader, build_train_set, build_training, build_val_set, compile_forwards
 from skd.engine.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
@@ -28,6 +29,7 @@ from skd.metrics import format_table
 from skd.models import count_parameters
 from skd.options import check_train_args, resolve_dataset, resolve_distill_defaults, train_parser
 from skd.parallel import process_group_active, rank
+from skd.tensorboard import TensorBoardLogger, require_tensorboard
 
 log = logging.getLogger("skd.train")
 
@@ -91,19 +93,27 @@ class WindowMean:
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    args = train_parser().parse_args(argv)
+    parser = train_parser()
+    args = parse_with_config(parser, argv, exit_on_print=False)
+    if args.print_config:  # the resolved configuration, without training
+        resolve_distill_defaults(args)
+        resolve_dataset(args, train_split="train", val_split="val")
+        print(config_text(args, parser, fmt="json"), end="")  # JSON is YAML too: --config reads it back
+        return 0
     info, device = init_distributed(args.device)
     try:
-        return run(args, info, device)
+        return run(args, info, device, parser)
     finally:
         cleanup()
 
 
-def run(args, info: DistInfo, device: torch.device) -> int:
+def run(args, info: DistInfo, device: torch.device, parser=None) -> int:
     setup_logging(info.is_main)
     resolve_distill_defaults(args)
     resolve_dataset(args, train_split="train", val_split="val")
     check_train_args(args, info.world_size)
+    if args.tensorboard:
+        require_tensorboard()  # before anything is built: a missing package fails in a second
     seed_everything(args.seed + info.rank, args.deterministic)
     configure_numerics(args.tf32)
     autocast = autocast_factory(args.amp, device)
@@ -122,8 +132,11 @@ def run(args, info: DistInfo, device: torch.device) -> int:
     models, inits = build_training(args, cfg, device)
     _log_models(models, inits, cfg)
 
+    tb = None
     if info.is_main:
         ckpt.remove_stale_temp_files(args.snapshot_dir)
+        dump_config(args, args.snapshot_dir / "config.json", parser or train_parser())
+        tb = TensorBoardLogger(args.snapshot_dir / "tensorboard") if args.tensorboard else None
     start_step, best_miou = _resume(args, models)
 
     if args.compile:
@@ -175,6 +188,8 @@ def run(args, info: DistInfo, device: torch.device) -> int:
                 rec = {"step": step, "lr_g": lr_g, **({"lr_d": lr_d} if cfg.ho else {}), **means,
                        "sec_per_step": (time.time() - t0) / (step - logged_at)}
                 _append_jsonl(metrics_log, rec, info)
+                if tb is not None:
+                    tb.log(rec)
                 shown = {k: means[k] for k in (*cfg.student_terms, "loss") if k in means}
                 bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
                 if not args.progress:
@@ -183,7 +198,10 @@ def run(args, info: DistInfo, device: torch.device) -> int:
             t0, logged_at = time.time(), step
 
         if (args.eval_every and step % args.eval_every == 0) or step in eval_steps or last:
-            best_miou = _validate(models, val_set, args, info, device, how, step, best_miou, last, metrics_log)
+            best_miou, summary = _validate(models, val_set, args, info, device, how, step, best_miou, last,
+                                           metrics_log)
+            if tb is not None:
+                tb.log_validation(step, summary)
 
         if step % args.save_every == 0 or last or stop.signum:
             # on every rank, so that all of them stop together
@@ -198,6 +216,8 @@ def run(args, info: DistInfo, device: torch.device) -> int:
             log.warning("signal %d: checkpoint written at step %d, exiting", stop.signum, step)
             return 128 + stop.signum
     bar.close()
+    if tb is not None:
+        tb.close()
     check_finite_weights(models.raw_student, f"step {step}, final.pth")
     if info.is_main:
         ckpt.save_model(args.snapshot_dir / "final.pth", models.net, step, None)
@@ -240,8 +260,9 @@ def _resume(args, models: Training) -> tuple[int, float]:
 
 
 def _validate(models: Training, val_set, args, info: DistInfo, device, how: Inference, step: int, best_miou: float,
-              last: bool, metrics_log: Path) -> float:
-    """Validate the student at `step`; write best.pth when it is the best so far. Returns the best."""
+              last: bool, metrics_log: Path) -> tuple[float, dict]:
+    """Validate the student at `step`; write best.pth when it is the best so far. Returns the
+    best mIoU so far and this validation's summary."""
     conf = evaluate(models.raw_student.net, val_set, device=device, num_classes=args.num_classes, how=how,
                     rank=info.rank, world_size=info.world_size, max_images=args.max_val_images)
     summary = conf.summary(val_set.info.class_names)
@@ -256,7 +277,7 @@ def _validate(models: Training, val_set, args, info: DistInfo, device, how: Infe
     if last and info.is_main:
         _write_text(args.snapshot_dir / "val_final.json", json.dumps(summary, indent=2))
         log.info("validation at step %d:\n%s", step, format_table(summary))
-    return best_miou
+    return best_miou, summary
 
 
 def _append_jsonl(path: Path, record: dict, info: DistInfo) -> None:

@@ -76,7 +76,7 @@ def test_required_flag_still_required_without_the_file(tmp_path):
     ({"lamda_pi": 1}, r"c\.json: key 'lamda_pi' is not a flag of toy"),
     ({"lambda_pi": "ten"}, r"c\.json: key 'lambda_pi': invalid value 'ten' for --lambda-pi \(expected float\)"),
     ({"num_steps": 2.5}, r"key 'num_steps': invalid value 2\.5 for --num-steps"),
-    ({"pi": "maybe"}, r"key 'pi': invalid value 'maybe' for --pi \(expected True or False"),
+    ({"pi": "maybe"}, r"key 'pi': invalid value 'maybe' for --pi \(maybe: expected True or False"),
     ({"amp": "fp8"}, r"key 'amp': 'fp8' is not one of off, bf16, fp16"),
     ({"input_size": "a,b"}, r"key 'input_size': invalid value 'a,b' for --input-size"),
     ({"lambda_pi": None}, r"key 'lambda_pi': null, but --lambda-pi needs a value"),

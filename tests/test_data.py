@@ -27,7 +27,7 @@ from skd.data.synthetic import main as synthetic_main
 from skd.errors import SkdError
 from skd.models.convention import SKD_INPUT
 
-# Typed from SPEC §2, independently of skd/data/labels.py.
+# Typed from the original (networks/evaluate.py lines 23-28), independently of skd/data/labels.py.
 SPEC_LABEL_TO_TRAIN = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
     26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,

@@ -3,6 +3,7 @@ distillation with every flag, exact resume after SIGKILL, two-process DDP, the C
 skipped non-finite steps, and resume refusals (only corrupt checkpoints, another width)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -210,9 +211,8 @@ def test_resume_of_another_width_names_the_flag(data_dir, teacher_ckpt, tmp_path
     proc = run_cli("skd.train", "--data-dir", data_dir, "--snapshot-dir", tmp_path, *TINY, "--num-steps", "3",
                    "--width-mult", "0.5", "--resume", resume, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"skd: error: --resume {resume}: the checkpoint is of another network "
-                                   f"(--width-mult 0.25 in the file, 0.5 in this run); resume with the flags of "
-                                   f"the run that wrote it")
+    assert proc.stderr.strip() == (f"skd: error: --resume {resume}: the file holds --width-mult 0.25, this run has "
+                                   f"--width-mult 0.5; resume with the flags of the run that wrote it")
 
 
 @pytest.mark.slow
@@ -238,3 +238,37 @@ def test_every_dataset_trains_evaluates_and_writes_its_own_encoding(layout, clas
     wrong = run_cli("skd.train", "--dataset", layout, "--data-dir", data, "--snapshot-dir", tmp_path / "w",
                     "--num-classes", "19" if classes != 19 else "5", *TINY, check=False)
     assert wrong.returncode == 2 and f"--dataset {layout} has {classes} classes" in wrong.stderr
+
+
+@pytest.mark.slow
+def test_config_file_resolved_config_tensorboard_and_panels(data_dir, teacher_ckpt, tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"width_mult": 0.25, "input_size": [48, 48], "batch_size": 4, "num_steps": 2,
+                                  "device": "cpu", "progress": False, "num_workers": 0, "lambda-pa": 0.0}))
+    snap = tmp_path / "s"
+    common = ["--config", config, "--data-dir", data_dir, "--snapshot-dir", snap, "--teacher-ckpt", teacher_ckpt,
+              "--d-input-size", "64", "--log-every", "2"]
+    printed = run_cli("skd.train", *common, "--print-config").stdout
+    resolved = json.loads(printed)
+    assert resolved["width_mult"] == 0.25 and resolved["lambda_pa"] == 0.0 and resolved["pi"] is True
+    assert not snap.exists()  # --print-config trains nothing
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    run_cli("skd.train", *common, *(["--tensorboard"] if tensorboard else []))
+    written = json.loads((snap / "config.json").read_text())  # beside the checkpoints
+    assert written == {**resolved, "tensorboard": tensorboard}
+    record = [json.loads(line) for line in (snap / "metrics.jsonl").read_text().splitlines()][0]
+    # averaged over the 2-step window, weighted and raw: lambda_pa 0 keeps the pair-wise value
+    assert record["pa"] == 0.0 and record["pa_raw"] > 0 and record["pi"] == pytest.approx(10 * record["pi_raw"])
+    assert record["loss"] == pytest.approx(sum(record[k] for k in ("task", "pi", "pa", "ho")), rel=1e-5)
+    if tensorboard:
+        assert list((snap / "tensorboard").glob("events.out.tfevents.*"))
+    # the resolved configuration reads back as --config
+    again = run_cli("skd.train", "--config", snap / "config.json", "--print-config").stdout
+    assert json.loads(again) == written
+
+    run_cli("skd.evaluate", "--data-dir", data_dir, "--ckpt", snap / "final.pth", "--device", "cpu", "--vis", "1",
+            "--teacher-ckpt", teacher_ckpt, "--vis-dir", tmp_path / "vis", "--out", tmp_path / "m.json")
+    panels = list((tmp_path / "vis").rglob("*.png"))
+    assert len(panels) == 1
+    h, w = np.asarray(Image.open(panels[0])).shape[:2]
+    assert w >= 5 * 96 and h > 48  # five columns (image, truth, prediction, errors, teacher) and titles

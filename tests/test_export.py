@@ -93,7 +93,7 @@ def test_fix_adaptive_pools_replaces_all_four_stages_and_keeps_values():
     assert fix_adaptive_pools(deploy, x) == 4
     assert not any(isinstance(m, nn.AdaptiveAvgPool2d) for m in deploy.modules())
     sizes = [m.input_size for m in deploy.modules() if isinstance(m, FixedAdaptiveAvgPool2d)]
-    assert sizes == [(13, 17)] * 4  # 97x129 -> 13x17 at 1/8 (SPEC §1)
+    assert sizes == [(13, 17)] * 4  # 97x129 -> 13x17 at 1/8 (docs/reproduction.md, section 1)
     with torch.no_grad():
         torch.testing.assert_close(deploy(x), want, rtol=0, atol=1e-5)
 
@@ -198,6 +198,11 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
     x = torch.rand(1, 3, 48, 64) * 255
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), DeployNet(net)(x), rtol=0, atol=1e-4)
-    # flags that do not fit the checkpoint: one line, status 2
-    assert main(["--ckpt", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "x.pt")]) == 2
-    assert "model_config" in capsys.readouterr().err
+    # the file describes its network: no flags needed; a flag that contradicts it is one line, status 2
+    assert main(["--ckpt", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "x.pt"),
+                 "--input-size", "48,64"]) == 0
+    capsys.readouterr()
+    assert main(["--ckpt", str(ckpt), "--width-mult", "0.25", "--format", "torchscript", "--out",
+                 str(tmp_path / "y.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "--width-mult 0.125" in err and "--width-mult 0.25" in err and len(err.strip().splitlines()) == 1

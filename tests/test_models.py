@@ -1,4 +1,4 @@
-"""Tests of skd.models and skd.nn.norm: SPEC layout and counts, shapes, checkpoint loading."""
+"""Tests of skd.models and skd.nn.norm: the original's layout and counts, shapes, checkpoint loading."""
 from __future__ import annotations
 
 import math
@@ -32,7 +32,7 @@ NORM_STATS = ("weight", "bias", "running_mean", "running_var")
 
 
 # ---------------------------------------------------------------------------------------------
-# The original checkpoint layout, written from SPEC section 1 without looking at the model code.
+# The original checkpoint layout, written from docs/reproduction.md (the original's layout) without looking at the model code.
 # ---------------------------------------------------------------------------------------------
 def spec_layout(depth: int, num_classes: int = 19) -> dict[str, tuple[int, ...]]:
     """Key -> shape of the original PSPNet state_dict (norms without num_batches_tracked)."""
@@ -86,7 +86,7 @@ def spec_layout(depth: int, num_classes: int = 19) -> dict[str, tuple[int, ...]]
     return shapes
 
 
-# Keys that SPEC names explicitly (section "Checkpoint key layout").
+# Keys of the original layout named explicitly (docs/reproduction.md, section 2).
 SPEC_NAMED_KEYS = [
     "conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var",
     "layer1.0.conv1.weight", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_var",

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from skd.models import build_pspnet
-from skd.profile import count_flops, main, peak_tensor_bytes, pspnet_flops, time_forward
+from skd.profile import count_flops, main, network_flops, peak_tensor_bytes, time_forward
 
 
 def test_single_conv_flops_are_2_cin_cout_k2_hw():
@@ -31,17 +31,18 @@ def test_pspnet_flops_split_matches_hand_counts_of_the_heads():
     # resnet18 x0.25, 5 classes, 64x64 input: maps at 9x9 (64 -> 32 -> 17 -> 9), layer3 64
     # channels, layer4 128, head width 32
     config = {"arch": "resnet18", "num_classes": 5, "width_mult": 0.25, "stem": "deep"}
-    f = pspnet_flops(config, (1, 3, 64, 64))
+    f = network_flops(config, (1, 3, 64, 64))
+    c = f["children"]
     hw = 9 * 9
-    assert f["head"] == 2 * 32 * 5 * hw
-    assert f["dsn"] == 2 * 64 * 32 * 9 * hw + 2 * 32 * 5 * hw
+    assert c["head"] == 2 * 32 * 5 * hw
+    assert c["dsn"] == 2 * 64 * 32 * 9 * hw + 2 * 32 * 5 * hw == f["auxiliary_head"]
     pools = 2 * 128 * 32 * (1 + 4 + 9 + 36)         # the four 1x1 convs on the pooled bins
     bottleneck = 2 * (128 + 4 * 32) * 32 * 9 * hw     # 3x3 conv on the concatenation
-    assert f["pspmodule"] == pools + bottleneck
+    assert c["pspmodule"] == pools + bottleneck and f["decode_head"] == c["pspmodule"] + c["head"]
     # deep stem 3 -> 16 (stride 2) -> 16 -> 32, 3x3 convs, all at 32x32
-    assert f["stem"] == 2 * 9 * 32 * 32 * (3 * 16 + 16 * 16 + 16 * 32)
-    assert f["deploy"] == f["train"] - f["dsn"]
-    assert sum(f[k] for k in ("stem", "layer1", "layer2", "layer3", "layer4", "pspmodule", "head", "dsn")) == f["train"]
+    assert c["conv1"] + c["conv2"] + c["conv3"] == 2 * 9 * 32 * 32 * (3 * 16 + 16 * 16 + 16 * 32)
+    assert f["deploy"] == f["train"] - f["auxiliary_head"]
+    assert f["backbone"] + f["decode_head"] + f["auxiliary_head"] == f["train"]
     # the meta-device count equals a count on real tensors
     net = build_pspnet("resnet18", num_classes=5, width_mult=0.25).eval()
     assert count_flops(net, torch.zeros(1, 3, 64, 64))[0] == f["train"]

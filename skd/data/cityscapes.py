@@ -174,7 +174,7 @@ CITYSCAPES = DatasetInfo(
     recipe=Recipe(
         crop=(512, 512), batch_size=8, num_steps=40000, lr=0.01,
         source="SKD (Liu et al., CVPR 2019 / TPAMI): the original run_train_val.sh of "
-               "irfanICMLL/structure_knowledge_distillation, SPEC.md section 2"),
+               "irfanICMLL/structure_knowledge_distillation, networks/evaluate.py lines 23-28 (docs/reproduction.md)"),
     sources={
         "classes, palette, labelIds -> train ids":
             "mcordts/cityscapesScripts, cityscapesscripts/helpers/labels.py (lines 62-98)",

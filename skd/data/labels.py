@@ -2,7 +2,7 @@
 
 Read by the dataset (labelIds -> train ids), the transforms (mean), the evaluation and the
 test-set writer (train ids -> labelIds, colour previews). The mapping is the one of the original
-SKD code and the official cityscapesScripts (SPEC §2).
+SKD code (networks/evaluate.py lines 23-28) and the official cityscapesScripts.
 """
 import numpy as np
 

@@ -18,48 +18,54 @@ from skd.engine.distributed import DistInfo
 from skd.engine.steps import CriticLoss, DistillStudent, StepConfig, Training
 from skd.engine.terms import TERMS_BY_NAME
 from skd.errors import SkdError
-from skd.models import Discriminator, build_pspnet, load_backbone, load_weights
-from skd.models.checkpoint import read_checkpoint
+from skd.options import ARCH_DEFAULTS, model_flags
+from skd.models import (Discriminator, build_model, check_model_config, load_backbone, load_model, load_weights,
+                        read_model_file)
 from skd.nn.norm import make_norm
 
 log = logging.getLogger(__name__)
 
 
+def network_from_args(args, path: Path | None, *, prefix: str = "", source: str = "--ckpt",
+                      norm: str = "bn", classes: bool = True) -> nn.Module:
+    """The network of a checkpoint file and/or the architecture flags.
+
+    With `path`: the network the file describes (`load_model`: skd, official SKD, mmseg
+    checkpoints), and every architecture flag given (not None) must agree with it, else an
+    SkdError names both values. Without: `build_model` of the flags over ARCH_DEFAULTS."""
+    given = model_flags(args, prefix, classes)
+    if path is not None:
+        net = load_model(path, norm=norm)
+        check_model_config(net.config(), {**net.config(), **given}, f"{source} {path}")
+        return net
+    return build_model(**{**ARCH_DEFAULTS, **given, "norm": norm})
+
+
 def build_student(args) -> tuple[nn.Module, str]:
     """The student network of the flags and how it was initialised ("random", or the file and
     the number of tensors read from it)."""
-    net = build_pspnet(args.arch, num_classes=args.num_classes, width_mult=args.width_mult,
-                       norm=args.norm, stem=args.stem)
+    net = network_from_args(args, None, norm=args.norm)
     for m in net.modules():
         if isinstance(m, nn.Dropout2d):
             m.p = args.dropout
     if args.restore_from is None:
         return net, "random"
-    if _is_full_model(args.restore_from):
-        load_weights(net, args.restore_from)
-        return net, f"{args.restore_from} (whole network, {len(net.state_dict())} tensors)"
-    load_backbone(net, args.restore_from)
-    names = set(net.backbone_module_names())
-    loaded = [k for k in net.state_dict() if k.split(".")[0] in names and not k.endswith("num_batches_tracked")]
-    return net, f"{args.restore_from} (ImageNet backbone, {len(loaded)} tensors; heads random)"
-
-
-def _is_full_model(path: Path) -> bool:
-    """Whether a weight file holds a whole network (heads included) rather than an ImageNet backbone."""
-    state = read_checkpoint(path)
-    if not isinstance(state, dict):
-        return True
-    return "skd_format" in state or any(k.removeprefix("module.").startswith(("head.", "pspmodule.", "dsn."))
-                                        for k in state)
+    try:
+        read_model_file(args.restore_from)
+    except SkdError:  # not a whole network: an ImageNet backbone (load_backbone says if not that either)
+        done = load_backbone(net, args.restore_from, norm_weight=args.restore_norm_weight)
+        return net, (f"{args.restore_from} ({done.layout} ImageNet backbone, {done.loaded} tensors, "
+                     f"{done.norm_weight} norm weights; heads random)")
+    load_weights(net, args.restore_from)
+    return net, f"{args.restore_from} (whole network, {len(net.state_dict())} tensors)"
 
 
 def build_teacher(args, device: torch.device) -> tuple[nn.Module, str]:
-    """The teacher, loaded from --teacher-ckpt, frozen and in eval mode on `device`."""
-    teacher = build_pspnet(args.teacher_arch, num_classes=args.num_classes, width_mult=args.teacher_width_mult,
-                           norm="bn", stem=args.teacher_stem)
-    load_weights(teacher, args.teacher_ckpt)
+    """The teacher --teacher-ckpt describes (the --teacher-* flags must agree with it), frozen
+    and in eval mode on `device`."""
+    teacher = network_from_args(args, args.teacher_ckpt, prefix="teacher_", source="--teacher-ckpt", classes=False)
     teacher.requires_grad_(False)
-    return teacher.eval().to(device), f"{args.teacher_ckpt} ({len(teacher.state_dict())} tensors)"
+    return teacher.eval().to(device), f"{args.teacher_ckpt} ({teacher.describe()}, {len(teacher.state_dict())} tensors)"
 
 
 def check_pair(net: nn.Module, teacher: nn.Module) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from skd.errors import SkdError
+from skd.models import check_model_config
 from skd.models.checkpoint import fit_problems, raise_if_unfit, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -224,34 +225,17 @@ def save_model(path: Path, net, step: int, miou: float | None) -> None:
                  "norm_weight": "plain", "miou": miou}, path)
 
 
-# What a model_config field is called on the command line.
-CONFIG_FLAGS = {"arch": "--arch", "width_mult": "--width-mult", "num_classes": "--num-classes", "stem": "--stem"}
-
-
-def config_mismatch(file_config: dict, net) -> list[str]:
-    """The flags whose value in a checkpoint's model_config differs from `net`'s (norm aside:
-    the weights do not depend on it)."""
-    run_config = net.config()
-    return [CONFIG_FLAGS.get(k, "--" + k.replace("_", "-")) for k in file_config
-            if k != "norm" and k in run_config and file_config[k] != run_config[k]]
-
-
 def load_model_state(net, state: dict, path: Path, flag: str = "--resume") -> None:
     """The student weights of a training checkpoint into `net`; SkdError saying what differs.
 
-    The checkpoint's model_config is compared first, naming the flags that differ with both
-    values; without one, the first keys that are missing, unexpected or of another shape are listed.
+    The checkpoint's model_config is compared first (skd.models.check_model_config, naming the
+    flags that differ with both values); without one, the first keys that are missing,
+    unexpected or of another shape are listed.
     """
     file_config = state.get("model_config")
     if isinstance(file_config, dict):
-        differ = config_mismatch(file_config, net)
-        if differ:
-            run_config = net.config()
-            keys = [k for k in file_config if CONFIG_FLAGS.get(k, "--" + k.replace("_", "-")) in differ]
-            pairs = ", ".join(f"{CONFIG_FLAGS.get(k, k)} {file_config[k]} in the file, {run_config[k]} in this run"
-                              for k in keys)
-            raise SkdError(f"{flag} {path}: the checkpoint is of another network ({pairs}); resume with the "
-                           f"flags of the run that wrote it")
+        check_model_config(file_config, net.config(), f"{flag} {path}",
+                           hint="resume with the flags of the run that wrote it")
     if "model" not in state:
         raise SkdError(f"{flag} {path}: the checkpoint has no 'model' entry")
     raise_if_unfit(fit_problems(state["model"], net.state_dict()), f"{flag} {path}", net.describe(),

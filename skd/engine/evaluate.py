@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -107,16 +108,24 @@ def predict(model: nn.Module, image: torch.Tensor, num_classes: int, how: Infere
 
 
 def evaluate(model: nn.Module, dataset, *, device: torch.device, num_classes: int, how: Inference = Inference(),
-             rank: int = 0, world_size: int = 1, max_images: int = 0, progress: bool = False) -> ConfusionMatrix:
-    """Confusion matrix of `model` over `dataset` (items (raw image, label, name)), summed over ranks."""
+             rank: int = 0, world_size: int = 1, max_images: int = 0, progress: bool = False,
+             on_image: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, str], None] | None = None
+             ) -> ConfusionMatrix:
+    """Confusion matrix of `model` over `dataset` (items (raw image, label, name)), summed over ranks.
+
+    `on_image(index, raw image (3, H, W), label (H, W), prediction (H, W), name)` is called for
+    each image this rank evaluates (skd-eval's --vis panels)."""
     was_training = model.training
     model.eval()
     conf = ConfusionMatrix(num_classes, device=device)
     n = len(dataset) if not max_images else min(max_images, len(dataset))
     for i in tqdm(range(rank, n, world_size), desc="eval", disable=not progress, leave=False):
-        image, label, _ = dataset[i]
+        image, label, name = dataset[i]
         scores = predict(model, image.unsqueeze(0).to(device), num_classes, how)
-        conf.update(scores.argmax(1)[0], label.to(device))
+        pred = scores.argmax(1)[0]
+        conf.update(pred, label.to(device))
+        if on_image is not None:
+            on_image(i, image, label, pred, name)
     conf.reduce()
     model.train(was_training)
     return conf

@@ -28,7 +28,7 @@ from skd.models.segnet import SegmentationNet, build_model, check_model_config, 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-# The original InPlace-ABN scales by |weight| + eps instead of weight (SPEC, checkpoint layout).
+# The original InPlace-ABN scales by |weight| + eps instead of weight (docs/reproduction.md, section 2).
 OFFICIAL_ABN_EPS = 1e-5
 # How many offending keys an error message lists before "and N more".
 MAX_LISTED = 4
@@ -144,7 +144,7 @@ def norm_layer_names(model: nn.Module) -> list[str]:
 
 def abs_norm_weights(sd: Mapping[str, torch.Tensor], eps: float = OFFICIAL_ABN_EPS) -> dict[str, torch.Tensor]:
     """Every norm weight w (a `X.weight` next to `X.running_var`) as |w| + eps: the scale the
-    original InPlace-ABN applied (SPEC, checkpoint layout), as a plain weight. New dict."""
+    original InPlace-ABN applied (docs/reproduction.md, section 2), as a plain weight. New dict."""
     out = dict(sd)
     for key in sd:
         if key.endswith(".running_var") and (weight := key[: -len("running_var")] + "weight") in sd:

@@ -245,15 +245,18 @@ def describe_config(config: dict[str, Any], keys: list[str]) -> str:
     return " ".join(parts)
 
 
-def check_model_config(file_config: dict[str, Any], model_config: dict[str, Any], source: str) -> None:
+def check_model_config(file_config: dict[str, Any], model_config: dict[str, Any], source: str,
+                       hint: str = "pass the file's values or leave those flags out (the file describes its model)"
+                       ) -> None:
     """SkdError when a checkpoint's model_config and a model's differ (the norm aside), naming
-    the flags: `<source>: the file holds --arch resnet101, this run has --arch resnet18; pass the
-    file's values or leave the flags out (the file describes its model)`."""
+    the flags: `<source>: the file holds --arch resnet101, this run has --arch resnet18; <hint>`.
+    Head and auxiliary widths that follow from a differing flag are not listed apart."""
     differ = config_differences(file_config, model_config)
+    if any(k in STRUCTURE_KEYS for k in differ):
+        differ = [k for k in differ if k in STRUCTURE_KEYS]
     if differ:
         full_file, full_model = complete_config(dict(file_config)), complete_config(dict(model_config))
         raise SkdError(
             f"{source}: the file holds {describe_config(full_file, differ)}, this run has "
-            f"{describe_config(full_model, differ)}; pass the file's values or leave those flags out "
-            "(the file describes its model)"
+            f"{describe_config(full_model, differ)}; {hint}"
         )
