@@ -176,22 +176,31 @@ def runner_parser(doc: str, table_name: str) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_runner_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse a runner's command line (`argv`, default sys.argv[1:]): its options before `--`,
+    the skd-train flags after it as args.train_flags. Without --demo, --data-dir and
+    --teacher-ckpt are required, and args.teacher_flags are the teacher's skd-train flags."""
     argv, train_flags = split_argv(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
+    args.train_flags = train_flags
+    if not args.demo:
+        if args.data_dir is None or args.teacher_ckpt is None:
+            p.error("--data-dir and --teacher-ckpt are required (or --demo)")
+        args.teacher_flags = ["--teacher-ckpt", str(args.teacher_ckpt), "--teacher-arch", args.teacher_arch]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
     p = runner_parser(__doc__, "ablation.md")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=["baseline", "pi", "pi+pa", "pi+pa+ho"],
                    help="methods to compare (default: the paper's four rows)")
-    args = p.parse_args(argv)
-    args.train_flags = train_flags
+    args = parse_runner_args(p, argv)
     if args.demo:
         demo(args)
         return
-    if args.data_dir is None or args.teacher_ckpt is None:
-        p.error("--data-dir and --teacher-ckpt are required (or --demo)")
     root = args.snapshot_root or Path("runs/ablation")
-    results = ablation(shlex.split(args.launch), args.data_dir,
-                       ["--teacher-ckpt", str(args.teacher_ckpt), "--teacher-arch", args.teacher_arch],
-                       root, args.rows, args.seeds, train_flags)
+    results = ablation(shlex.split(args.launch), args.data_dir, args.teacher_flags, root, args.rows, args.seeds,
+                       args.train_flags)
     report(results, None, args.out or root / "ablation.md", f"Ablation on {args.data_dir}")
 
 

@@ -208,25 +208,20 @@ def demo(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv, train_flags = ablation.split_argv(sys.argv[1:] if argv is None else argv)
     p = ablation.runner_parser(__doc__, "compare.md")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
                    help="methods to compare (default: all, in Table 2's order)")
     p.add_argument("--maps", nargs="+", choices=MAPS, default=list(MAPS),
                    help="maps the methods read: logits, feat (the PSP bottleneck output); default both")
-    args = p.parse_args(argv)
-    args.train_flags = train_flags
+    args = ablation.parse_runner_args(p, argv)
     args.rows = select(args.methods, args.maps)
     if args.demo:
         demo(args)
         return
-    if args.data_dir is None or args.teacher_ckpt is None:
-        p.error("--data-dir and --teacher-ckpt are required (or --demo)")
     root = args.snapshot_root or Path("runs")
-    results = compare(shlex.split(args.launch), args.data_dir,
-                      ["--teacher-ckpt", str(args.teacher_ckpt), "--teacher-arch", args.teacher_arch],
-                      root, args.rows, args.seeds, SCHEDULE, train_flags)
-    report(results, None, train_flags, args.out or root / "compare.md", f"Comparison on {args.data_dir}")
+    results = compare(shlex.split(args.launch), args.data_dir, args.teacher_flags, root, args.rows, args.seeds,
+                      SCHEDULE, args.train_flags)
+    report(results, None, args.train_flags, args.out or root / "compare.md", f"Comparison on {args.data_dir}")
 
 
 if __name__ == "__main__":
