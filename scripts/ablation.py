@@ -151,12 +151,20 @@ def report(results: dict, teacher: dict | None, out: Path, title: str) -> None:
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(the runner's own options, the skd-train flags after `--`). A later `--` (run_train_val.sh
-    appends `-- <its flags>` after yours) only separates: skd-train never sees one."""
-    if "--" not in argv:
-        return argv, []
-    cut = argv.index("--")
-    return argv[:cut], [a for a in argv[cut + 1:] if a != "--"]
+    """(the runner's own options, the skd-train flags after `--`).
+
+    Several `--`: each later group holds defaults for the earlier ones, and goes first (the
+    last of a repeated flag wins). run_train_val.sh passes `<your options> -- <its flags>`, so
+    in `run_train_val.sh --compare -- --lr-g 0.02` your --lr-g follows (and beats) its own."""
+    groups, current = [], []
+    for a in argv:
+        if a == "--":
+            groups.append(current)
+            current = []
+        else:
+            current.append(a)
+    groups.append(current)
+    return groups[0], [a for group in reversed(groups[1:]) for a in group]
 
 
 def runner_parser(doc: str, table_name: str) -> argparse.ArgumentParser:

@@ -53,9 +53,10 @@ def only(term: str) -> list[str]:
     return flags if term in PAPER_TERMS else flags + [f"--{term}", "True"]
 
 
-# method -> (label, {map: the method's own flags}, where its weight comes from). The CWD paper
-# does not state the per-method weights behind its Table 2 and we could not find them: every
-# weight below is another source's, named in `source`. A method with one map has one row.
+# method -> (label, {map: the method's own flags}, where its weights come from). The per-method
+# weights behind the CWD paper's Table 2 could not be verified: every weight below is another
+# source's, named in the third field (and printed under the tables). A method with one map has
+# one row; IFVD has two because Table 2 gives it two figures (its official code reads feat).
 METHODS: dict[str, tuple[str, dict[str, list[str]], str]] = {
     "baseline": ("baseline", {"-": []}, "no teacher: task loss only"),
     "at": ("AT", {m: only("at") + ["--at-on", m, "--lambda-at", "10000"] for m in MAPS},
@@ -190,10 +191,14 @@ def sources(rows: list[Row]) -> str:
     return "\n".join(f"- {METHODS[m][0]}: {METHODS[m][2]}" for m in seen)
 
 
-def report(results: dict[Row, list[dict]], teacher: dict | None, overrides: list[str], out: Path,
-           title: str) -> None:
-    ablation.write_markdown(out, f"## {title}\n\n{tables(results, teacher, overrides)}\n\nWeights:\n\n"
-                                 f"{sources(list(results))}\n")
+def report(results: dict[Row, list[dict]], teacher: dict | None, schedule: list[str], overrides: list[str],
+           out: Path, title: str) -> None:
+    """Write the two tables, every run's command line and the weights' sources to `out`."""
+    command = " ".join(["skd-train --data-dir DATA", *schedule, "<the row's flags>", "[the teacher]", *overrides,
+                        "--seed N"])
+    ablation.write_markdown(out, f"## {title}\n\n{tables(results, teacher, overrides)}\n\n"
+                                 f"Every run: `{command}`; the last of a repeated flag wins.\n\n"
+                                 f"Weights (the row's flags, in scripts/compare.py):\n\n{sources(list(results))}\n")
 
 
 def demo(args) -> None:
@@ -203,7 +208,7 @@ def demo(args) -> None:
     overrides = DEMO["student"] + args.train_flags
     results = compare([sys.executable, "-m", "skd.train"], data, teacher_flags, root, args.rows, args.seeds,
                       DEMO["common"], overrides)
-    report(results, teacher, overrides, args.out or root / "compare.md",
+    report(results, teacher, DEMO["common"], overrides, args.out or root / "compare.md",
            f"Synthetic comparison (teacher PSPNet-R18 x0.5, student PSPNet-R18 x0.25), {time.time() - start:.0f} s")
 
 
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     root = args.snapshot_root or Path("runs")
     results = compare(shlex.split(args.launch), args.data_dir, args.teacher_flags, root, args.rows, args.seeds,
                       SCHEDULE, args.train_flags)
-    report(results, None, args.train_flags, args.out or root / "compare.md", f"Comparison on {args.data_dir}")
+    report(results, None, SCHEDULE, args.train_flags, args.out or root / "compare.md", f"Comparison on {args.data_dir}")
 
 
 if __name__ == "__main__":

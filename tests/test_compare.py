@@ -112,6 +112,14 @@ def test_a_cut_off_run_resumes_and_a_run_with_other_flags_is_refused(compare, fa
     assert len(calls(root)) == 2
 
 
+def test_split_argv_puts_later_groups_first(compare):
+    split = compare.ablation.split_argv
+    assert split(["--seeds", "0"]) == (["--seeds", "0"], [])
+    assert split(["--seeds", "0", "--", "--lr-g", "1"]) == (["--seeds", "0"], ["--lr-g", "1"])
+    assert split(["--demo", "--", "--lr-g", "1", "--", "--lr-g", "2", "--norm", "bn"]) == (
+        ["--demo"], ["--lr-g", "2", "--norm", "bn", "--lr-g", "1"])
+
+
 def test_rows_follow_table_2_and_a_method_without_the_chosen_map_is_refused(compare):
     assert compare.select(None, ["logits", "feat"]) == [
         ("baseline", "-"), ("at", "logits"), ("at", "feat"), ("pi", "logits"), ("pa", "logits"), ("pa", "feat"),
@@ -202,6 +210,8 @@ def test_cli_passes_the_cwd_schedule_then_the_users_flags_and_writes_the_tables(
     # pi: 0.55 + 0.01 * seed for seeds 0 and 2 -> 56.00 ± 1.41
     assert "| PI | logits | λ 10 | 2 | 56.00 ± 1.41 | 71.74 |" in text
     assert "- PI: weight 10: SKD run_train_val.sh line 4" in text
+    assert ("Every run: `skd-train --data-dir DATA --num-steps 40000 --batch-size 8 --input-size 512,512 --lr-g "
+            "0.01 <the row's flags> [the teacher] --num-steps 3 --seed N`") in text
 
 
 def test_run_train_val_compare_launches_through_torchrun(tmp_path):
@@ -216,13 +226,16 @@ def test_run_train_val_compare_launches_through_torchrun(tmp_path):
     root = tmp_path / "runs"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DATA_DIR": str(tmp_path / "data"),
            "RESTORE_FROM": "none", "GPUS": "2", "SNAPSHOT_DIR": str(root), "TEACHER_CKPT": "t.pth"}
-    proc = subprocess.run(["bash", str(ROOT / "run_train_val.sh"), "--compare", "--methods", "cwd", "--maps", "feat"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(["bash", str(ROOT / "run_train_val.sh"), "--compare", "--methods", "cwd", "--maps", "feat",
+                           "--", "--num-steps", "5"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     (argv,) = calls(root)
     assert argv[:4] == ["--nproc_per_node=2", "--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1"]
     assert argv[5:7] == ["-m", "skd.train"]
-    assert argv[argv.index("--norm") + 1] == "syncbn" and "--cwd-on" in argv
+    assert argv[argv.index("--norm") + 1] == "syncbn" and "--cwd-on" in argv and "--" not in argv
+    # The script's NUM_STEPS (40000) comes first; the user's flag after `--` is the last and wins.
+    steps = [argv[i + 1] for i, a in enumerate(argv) if a == "--num-steps"]
+    assert steps[-1] == "5" and "40000" in steps
     assert (root / "compare.md").exists()
 
 
