@@ -3,6 +3,7 @@
 #
 #   bash run_train_val.sh --demo                 # synthetic data, teacher + ablation table, CPU, < 10 min
 #   bash run_train_val.sh --ablation [flags]     # baseline / +pi / +pi+pa / +pi+pa+ho on DATA_DIR
+#   bash run_train_val.sh --compare [flags]      # the CWD paper's Table 2: every method, logits and features
 #   bash run_train_val.sh [skd-train flags]      # one distillation run (flags appended last win)
 #   GPUS=4 bash run_train_val.sh ...             # torchrun DDP on 4 GPUs (--batch-size is global)
 #
@@ -75,6 +76,12 @@ print(' '.join(str(s) for s in sorted({s for s in range(1, n + 1) if s % every =
 if [[ "${1:-}" == "--ablation" ]]; then
     shift
     exec python scripts/ablation.py --data-dir "$DATA_DIR" --teacher-ckpt "$TEACHER_CKPT" \
+        --snapshot-root "$SNAPSHOT_DIR" --launch "${LAUNCH[*]}" "$@" -- "${COMMON[@]}"
+fi
+
+if [[ "${1:-}" == "--compare" ]]; then
+    shift
+    exec python scripts/compare.py --data-dir "$DATA_DIR" --teacher-ckpt "$TEACHER_CKPT" \
         --snapshot-root "$SNAPSHOT_DIR" --launch "${LAUNCH[*]}" "$@" -- "${COMMON[@]}"
 fi
 

@@ -80,17 +80,19 @@ def train(launch: list[str], snapshot: Path, flags: list[str]) -> dict:
     return json.loads(result.read_text())
 
 
+def cell(values: list[float]) -> str:
+    """A table cell for one score over seeds, fractions -> %: "27.11", or "25.78 ± 1.17" (mean
+    and sample standard deviation) for several."""
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
 def table(results: dict[str, list[dict]], teacher: dict | None = None) -> str:
     """Markdown table: one row per method, mIoU (mean +- std over seeds) and per-class IoU (%)."""
     first = next(iter(results.values()))[0]
     classes = list(first["per_class"])
-
-    def cell(values: list[float]) -> str:
-        values = [100 * v for v in values]
-        if len(values) == 1:
-            return f"{values[0]:.2f}"
-        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
     lines = ["| method | seeds | mIoU | paper | " + " | ".join(classes) + " |",
              "| --- | --- | --- | --- | " + " | ".join("---" for _ in classes) + " |"]
     if teacher is not None:
@@ -114,57 +116,99 @@ def ablation(launch: list[str], data_dir: Path, teacher_flags: list[str], root: 
     return results
 
 
-def demo(args) -> None:
-    start = time.time()
-    root = args.snapshot_root or Path("demo")
+def demo_teacher(root: Path) -> tuple[Path, dict, list[str]]:
+    """The demo's synthetic dataset and teacher under `root` (made once, then reused): returns
+    (data dir, the teacher's final validation summary, the skd-train flags that distil from it)."""
     data = root / "data"
     py = [sys.executable, "-m"]
     if not (data / "leftImg8bit").exists():
         run(py + ["skd.data.synthetic", "--out", str(data), "--seed", "0"] + DEMO["synthetic"])
     teacher = train(py + ["skd.train"], root / "teacher",
                     ["--data-dir", str(data)] + DEMO["common"] + DEMO["teacher"])
-    teacher_ckpt = root / "teacher" / "final.pth"
-    results = ablation(py + ["skd.train"], data, ["--teacher-ckpt", str(teacher_ckpt)] + DEMO["teacher_arch"],
+    return data, teacher, ["--teacher-ckpt", str(root / "teacher" / "final.pth")] + DEMO["teacher_arch"]
+
+
+def demo(args) -> None:
+    start = time.time()
+    root = args.snapshot_root or Path("demo")
+    data, teacher, teacher_flags = demo_teacher(root)
+    results = ablation([sys.executable, "-m", "skd.train"], data, teacher_flags,
                        root, args.rows, args.seeds, DEMO["common"] + DEMO["student"] + args.train_flags)
     report(results, teacher, root / "ablation.md",
            f"Synthetic demo (teacher PSPNet-R18 x0.5, student PSPNet-R18 x0.25), {time.time() - start:.0f} s")
 
 
-def report(results: dict, teacher: dict | None, out: Path, title: str) -> None:
-    text = f"## {title}\n\n{table(results, teacher)}\n"
+def write_markdown(out: Path, text: str) -> None:
+    """Write `text` to `out` (its folder made) and print it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print("\n" + text)
     print(f"written to {out}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    train_flags = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--demo", action="store_true", help="synthetic data and a small teacher, CPU, < 10 min")
+def report(results: dict, teacher: dict | None, out: Path, title: str) -> None:
+    write_markdown(out, f"## {title}\n\n{table(results, teacher)}\n")
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the runner's own options, the skd-train flags after `--`).
+
+    Several `--`: each later group holds defaults for the earlier ones, and goes first (the
+    last of a repeated flag wins). run_train_val.sh passes `<your options> -- <its flags>`, so
+    in `run_train_val.sh --compare -- --lr-g 0.02` your --lr-g follows (and beats) its own."""
+    groups, current = [], []
+    for a in argv:
+        if a == "--":
+            groups.append(current)
+            current = []
+        else:
+            current.append(a)
+    groups.append(current)
+    return groups[0], [a for group in reversed(groups[1:]) for a in group]
+
+
+def runner_parser(doc: str, table_name: str) -> argparse.ArgumentParser:
+    """The options every runner shares: --demo, the data and the teacher, the snapshot root, the
+    seeds, the training command (--launch, e.g. torchrun) and the markdown output."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demo", action="store_true", help="synthetic data and a small teacher, CPU")
     p.add_argument("--data-dir", type=Path, help="Cityscapes root")
     p.add_argument("--teacher-ckpt", type=Path, help="teacher weights")
     p.add_argument("--teacher-arch", default="resnet101", help="teacher backbone (default resnet101)")
     p.add_argument("--snapshot-root", type=Path, default=None, help="one sub-folder per row and seed")
-    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=["baseline", "pi", "pi+pa", "pi+pa+ho"],
-                   help="methods to compare (default: the paper's four rows)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; several give mean ± std")
     p.add_argument("--launch", default=f"{sys.executable} -m skd.train",
                    help="training command, e.g. 'torchrun --nproc_per_node=4 -m skd.train'")
-    p.add_argument("--out", type=Path, default=None, help="markdown table (default: <snapshot-root>/ablation.md)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"markdown table (default: <snapshot-root>/{table_name})")
+    return p
+
+
+def parse_runner_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse a runner's command line (`argv`, default sys.argv[1:]): its options before `--`,
+    the skd-train flags after it as args.train_flags. Without --demo, --data-dir and
+    --teacher-ckpt are required, and args.teacher_flags are the teacher's skd-train flags."""
+    argv, train_flags = split_argv(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     args.train_flags = train_flags
+    if not args.demo:
+        if args.data_dir is None or args.teacher_ckpt is None:
+            p.error("--data-dir and --teacher-ckpt are required (or --demo)")
+        args.teacher_flags = ["--teacher-ckpt", str(args.teacher_ckpt), "--teacher-arch", args.teacher_arch]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = runner_parser(__doc__, "ablation.md")
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=["baseline", "pi", "pi+pa", "pi+pa+ho"],
+                   help="methods to compare (default: the paper's four rows)")
+    args = parse_runner_args(p, argv)
     if args.demo:
         demo(args)
         return
-    if args.data_dir is None or args.teacher_ckpt is None:
-        p.error("--data-dir and --teacher-ckpt are required (or --demo)")
     root = args.snapshot_root or Path("runs/ablation")
-    results = ablation(shlex.split(args.launch), args.data_dir,
-                       ["--teacher-ckpt", str(args.teacher_ckpt), "--teacher-arch", args.teacher_arch],
-                       root, args.rows, args.seeds, train_flags)
+    results = ablation(shlex.split(args.launch), args.data_dir, args.teacher_flags, root, args.rows, args.seeds,
+                       args.train_flags)
     report(results, None, args.out or root / "ablation.md", f"Ablation on {args.data_dir}")
 
 
