@@ -4,6 +4,7 @@ corrupt or mismatched checkpoints on resume, and errors raised inside DataLoader
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ def test_torch_save_runtime_error_on_a_full_disk_is_one_error_and_keeps_the_prev
     path = tmp_path / "checkpoint_000001.pth"
     ckpt.atomic_save({"skd_format": 1, "step": 1}, path)
     monkeypatch.setattr(torch, "save", _torch_save_failing_like_a_full_disk)
-    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: SimpleNamespace(total=1 << 20, used=1 << 20, free=0))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=1 << 20, used=1 << 20, free=0))
     with pytest.raises(SkdError) as info:
         ckpt.atomic_save({"skd_format": 1, "step": 2}, path)
     message = str(info.value)
@@ -59,15 +60,15 @@ def test_torch_save_runtime_error_with_free_space_says_the_write_failed(tmp_path
 
 
 def test_metrics_log_on_a_full_disk_is_one_error_naming_the_file():
-    from skd.engine.distributed import DistInfo
-    from skd.train import _append_jsonl, _write_text
+    from skd.io import append_line, write_text_atomic
     full = Path("/dev/full")  # every write: ENOSPC
     if not full.exists():
         pytest.skip("no /dev/full")
     with pytest.raises(SkdError, match="could not write /dev/full: no space left on device"):
-        _append_jsonl(full, {"step": 1}, DistInfo())
+        append_line(full, '{"step": 1}')
     with pytest.raises(SkdError, match="could not write /dev/full: no space left on device"):
-        _write_text(full, "{}")
+        write_text_atomic(full, "{}")
+    assert full.is_char_device()  # written in place, never replaced by a file
 
 
 # --- stale temporary files -----------------------------------------------------------------
