@@ -128,7 +128,7 @@ def _args(tmp_path, *extra):
     (["--lr-g", "inf"], "--lr-g inf: must be a finite number"),
     (["--pool-scale", "1.5"], "--pool-scale 1.5: must be in \\(0, 1\\]"),
     (["--momentum", "1"], "--momentum 1: must be in \\[0, 1\\)"),
-    (["--num-workers", "-1"], "--num-workers -1: must not be negative"),
+    (["--num-workers", "-1"], r"--num-workers -1: must be in \[0, 256\]"),
     (["--d-input-size", "32"], "--d-input-size 32: must be 0 or at least 64"),
     (["--input-size", "100000"], "--input-size 100000: each side must be between 16 and 4096"),
     (["--norm", "groupnorm"], "--norm: invalid choice: 'groupnorm'"),
