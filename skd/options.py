@@ -329,6 +329,9 @@ def check_output_file(path: Path, flag: str) -> None:
 
 
 def check_writable_dir(path: Path, flag: str) -> None:
+    """`path` is a writable folder (created if missing), or SkdError naming `flag`."""
+    if path.exists() and not path.is_dir():
+        raise SkdError(f"{flag} {path}: is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import functools
 import logging
+import multiprocessing
 import os
 import random
 import re
@@ -14,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 
 import torch
@@ -124,12 +126,33 @@ def signal_name(signum: int) -> str:
 
 def ignore_stop_signals() -> None:
     """In a DataLoader worker: leave the stop signals to the main process, which checkpoints and
-    then shuts the workers down (a SIGTERM to the whole process group reaches them too, and would
-    otherwise kill them first and the main process with them). Also unblocks them, after
-    `stop_signals_blocked` let the worker start with them held."""
-    for s in STOP_SIGNALS:
+    then shuts the workers down (a signal to the whole process group reaches them too, and would
+    otherwise kill them first and the main process with them).
+
+    SIGINT, SIGUSR1 and SIGUSR2 are ignored. SIGTERM stays blocked and a thread waits for it: sent
+    by the worker's parent (multiprocessing terminating its workers at exit, or the DataLoader
+    ending one that does not stop), it ends the worker at once; sent by anyone else (`kill --
+    -PGID`, systemd, a scheduler), it is ignored. Ignoring it outright would let the parent's exit
+    wait forever for workers that an exception kept it from shutting down.
+    """
+    quiet = {signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2}
+    for s in quiet:
         signal.signal(s, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if not hasattr(signal, "sigwaitinfo"):  # not on macOS: there, ignore it outright
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, quiet)
+    parent = multiprocessing.parent_process()
+    parent_pid = parent.pid if parent is not None else os.getppid()
+
+    def wait_for_sigterm() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=wait_for_sigterm, name="skd-sigterm", daemon=True).start()
 
 
 @contextlib.contextmanager
