@@ -42,7 +42,7 @@ def write_prediction(out: Path, name: str, train_ids: np.ndarray) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise SkdError(f"--out: could not create {path.parent} ({e.strerror})") from None
-        write_bytes_atomic(path, png.tobytes(), "--out: ")
+        write_bytes_atomic(path, png.tobytes())
 
 
 @cli

@@ -197,14 +197,62 @@ def test_error_in_a_dataloader_worker_is_one_line_and_exit_2(capsys):
     assert err == "skd: error: /data/frame_0.png: cannot be read as an image (missing or corrupt)\n"
 
 
-def test_a_prediction_png_that_cannot_be_written_is_one_error_naming_it(tmp_path, monkeypatch):
+def test_a_prediction_png_that_cannot_be_encoded_is_one_error_naming_it(tmp_path, monkeypatch):
     import numpy as np
 
     from skd import predict
 
-    monkeypatch.setattr(predict.cv2, "imwrite", lambda path, image: False)  # what a full disk gives
-    with pytest.raises(SkdError, match=r"--out: could not write .*aachen_x_labelIds\.png"):
+    monkeypatch.setattr(predict.cv2, "imencode", lambda ext, image: (False, None))
+    with pytest.raises(SkdError, match=r"--out: could not encode .*aachen_x_labelIds\.png as PNG"):
         predict.write_prediction(tmp_path, "aachen/aachen_x", np.zeros((4, 6), dtype=np.uint8))
+
+
+def _full_disk_at_fsync(monkeypatch):
+    """A disk that is full: the data reaches it at flush/fsync, which fails with ENOSPC."""
+    import errno
+
+    from skd import io
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(io.os, "fsync", fsync)
+
+
+@pytest.fixture(scope="module")
+def weights(cityscapes_dir, tmp_path_factory) -> Path:
+    from skd.models import build_pspnet
+    path = tmp_path_factory.mktemp("weights") / "final.pth"
+    ckpt.save_model(path, build_pspnet("resnet18", num_classes=19, width_mult=0.25), 0, None)
+    return path
+
+
+def test_skd_test_on_a_full_disk_is_one_error_and_leaves_no_empty_png(cityscapes_dir, weights, tmp_path,
+                                                                      monkeypatch, capsys):
+    """Before: cv2.imwrite returned True for a small PNG the full disk cut to 0 bytes, and skd-test
+    printed "N predictions written", exit 0."""
+    from skd import predict
+    out = tmp_path / "preds"
+    _full_disk_at_fsync(monkeypatch)
+    status = predict.main(["--data-dir", str(cityscapes_dir), "--ckpt", str(weights), "--arch", "resnet18",
+                           "--width-mult", "0.25", "--device", "cpu", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert status == 2 and "predictions written" not in captured.out + captured.err
+    assert captured.err.strip().splitlines()[-1].startswith(f"skd: error: could not write {out}/labelIds/")
+    assert [p for p in out.rglob("*") if p.is_file()] == []  # no PNG, empty or partial, and no temporary
+
+
+def test_skd_eval_out_on_a_full_disk_is_one_error_and_keeps_the_old_file(cityscapes_dir, weights, tmp_path,
+                                                                        monkeypatch, capsys):
+    from skd import evaluate
+    out = tmp_path / "miou.json"
+    out.write_text('{"mIoU": 0.5}')
+    _full_disk_at_fsync(monkeypatch)
+    status = evaluate.main(["--data-dir", str(cityscapes_dir), "--ckpt", str(weights), "--arch", "resnet18",
+                            "--width-mult", "0.25", "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and err[-1] == f"skd: error: could not write {out}: no space left on device" + (
+        err[-1].split("no space left on device", 1)[1])
+    assert out.read_text() == '{"mIoU": 0.5}' and sorted(tmp_path.iterdir()) == [out]
 
 
 # --- a pickle that runs code: what was refused ----------------------------------------------
