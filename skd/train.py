@@ -317,7 +317,8 @@ def _plan(args, loaded: dict) -> Plan:
             continue  # unreadable: --resume auto skipped it; the run writes over it when it gets there
         peeked[p] = seen or (None, None)
     others = rundir.earlier_files(folder, owner if found is not None else None, step, peeked)
-    rundir.refuse_or_remove(folder, others, args.overwrite, resuming=found is not None)
+    rundir.refuse_or_remove(folder, others, args.overwrite, resuming=found is not None,
+                            can_resume=args.resume is None)
     if found is not None:
         _trim_log(folder / "metrics.jsonl", step)
     return Plan(found[0] if found is not None else None, owner, fingerprints)

@@ -146,6 +146,18 @@ def test_bad_flags_are_refused_with_the_flag_named(tmp_path, extra, message):
     assert "\n" not in str(info.value)
 
 
+def test_the_readmes_two_node_example_needs_a_batch_of_two_images_a_rank(tmp_path):
+    """torchrun --nnodes=2 --nproc_per_node=8: 16 ranks. The default --batch-size 8 cannot be
+    split over them, 16 leaves one image a rank (plain BatchNorm needs two), 32 works."""
+    with pytest.raises(SkdError, match="--batch-size 8: the global batch must be a multiple of the number of "
+                                       r"processes \(16\)"):
+        check_train_args(_args(tmp_path), world_size=16)
+    with pytest.raises(SkdError, match="--batch-size 16 over 16 process.es. leaves 1 image per rank"):
+        check_train_args(_args(tmp_path, "--batch-size", "16"), world_size=16)
+    check_train_args(_args(tmp_path, "--batch-size", "16", "--norm", "syncbn"), world_size=16)
+    check_train_args(_args(tmp_path, "--batch-size", "32"), world_size=16)
+
+
 def test_a_device_this_torch_lacks_is_refused_at_parse(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this torch build has CUDA")

@@ -134,15 +134,18 @@ def earlier_files(folder: Path, owner: RunOwner | None, resume_step: int | None,
     return found
 
 
-def refuse_or_remove(folder: Path, found: list[tuple[Path, str]], overwrite: bool, resuming: bool) -> None:
-    """SkdError listing `found` unless `overwrite`, which deletes them (each one logged)."""
+def refuse_or_remove(folder: Path, found: list[tuple[Path, str]], overwrite: bool, resuming: bool,
+                     can_resume: bool = True) -> None:
+    """SkdError listing `found` unless `overwrite`, which deletes them (each one logged).
+    `resuming`: this run continues a checkpoint; `can_resume`: --resume auto is worth suggesting
+    (not when it was given and found no checkpoint to continue)."""
     if not found:
         return
     if not overwrite:
         names = ", ".join(f"{p.name} ({why})" for p, why in found[:6])
         more = f" and {len(found) - 6} more" if len(found) > 6 else ""
         start = "this resumed run would mix with them" if resuming else "a new run would mix with them"
-        hint = ("" if resuming else "--resume auto to continue the run they belong to, ")
+        hint = "" if resuming or not can_resume else "--resume auto to continue the run they belong to, "
         verb = "resume" if resuming else "start"
         raise SkdError(f"--snapshot-dir {folder} holds {names}{more}; {start}: pass {hint}--overwrite to "
                        f"delete them and {verb}, or another --snapshot-dir")

@@ -231,25 +231,21 @@ class RecoveringCompile:
     def __call__(self, *args, **kwargs):
         if self.compiled is None:
             return self.eager(*args, **kwargs)
-        try:
-            return self._call_compiled(*args, **kwargs)
-        except Exception as e:
-            if not _compile_failure(e):
-                raise
-            first = e
-        if _private_cache is None or os.environ.get("TORCHINDUCTOR_CACHE_DIR") != _private_cache:
-            cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "inductor's default cache")
-            private = use_private_inductor_cache()
-            _log.warning("--compile: compiling %s failed (%s); retrying with a private inductor cache %s "
-                         "instead of %s", self.what, _short(first), private, cache)
+        # a second try only when the shared cache (not ours already) may be at fault
+        tries = 1 if _private_cache is not None and os.environ.get("TORCHINDUCTOR_CACHE_DIR") == _private_cache else 2
+        for attempt in range(tries):
             try:
                 return self._call_compiled(*args, **kwargs)
             except Exception as e:
                 if not _compile_failure(e):
                     raise
-                first = e
+                failure = e
+            if attempt + 1 < tries:
+                cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "inductor's default cache")
+                _log.warning("--compile: compiling %s failed (%s); retrying with a private inductor cache %s "
+                             "instead of %s", self.what, _short(failure), use_private_inductor_cache(), cache)
         _log.warning("--compile: %s cannot be compiled (%s); running it eagerly (slower, same results)",
-                     self.what, _short(first))
+                     self.what, _short(failure))
         self.compiled = None
         return self.eager(*args, **kwargs)
 
