@@ -143,7 +143,7 @@ def _run(args, info: DistInfo, device: torch.device, stop: StopSignals) -> int:
 
     loaded: dict[Path, dict] = {}  # the checkpoint rank 0 read while planning, not read twice
     plan = main_decides(lambda: _plan(args, loaded))
-    start_step, best_miou = _resume(args, models, plan, info, loaded)
+    start_step, best_miou, pending_validation = _resume(args, models, plan, info, loaded)
 
     if args.compile:
         compile_forwards(models)
@@ -157,6 +157,9 @@ def _run(args, info: DistInfo, device: torch.device, stop: StopSignals) -> int:
     eval_steps = set(args.eval_at)
     out = _Outputs(args, info, plan, models)
 
+    if pending_validation:  # stopped by a signal at a step whose validation had not run
+        best_miou = _validate(models, val_set, args, info, device, how, start_step, best_miou,
+                              start_step == args.num_steps, out)
     signum = agree_max(stop.signum, device)
     if signum:
         log.warning("%s before the first step: nothing to checkpoint, exiting", signal_name(signum))
@@ -211,24 +214,25 @@ def _run(args, info: DistInfo, device: torch.device, stop: StopSignals) -> int:
                                  " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
                 t0, logged_at = time.time(), step
 
+            due = bool(args.eval_every and step % args.eval_every == 0) or step in eval_steps or last
+            if due and not signum:
+                best_miou = _validate(models, val_set, args, info, device, how, step, best_miou, last, out)
+                due = False
+                signum = agree_max(stop.signum, device)  # a validation can take minutes
             if signum:
-                # Checkpoint now, before any validation: a scheduler's grace period is short.
-                out.checkpoint(step, best_miou)
+                # Checkpoint now; a validation still due at this step is the resumed run's first
+                # task (a scheduler's grace period is short).
+                out.checkpoint(step, best_miou, validated=not due)
                 if info.is_main:
                     by = "" if stop.signum else " (received by another rank)"
                     log.warning("%s%s: checkpoint written at step %d, exiting; --resume auto continues from it",
                                 signal_name(signum), by, step)
                 return 128 + signum
-            if (args.eval_every and step % args.eval_every == 0) or step in eval_steps or last:
-                best_miou = _validate(models, val_set, args, info, device, how, step, best_miou, last, out)
             if step % args.save_every == 0 or last:
                 out.checkpoint(step, best_miou)
     finally:
         batches = None  # the loader's workers end here, however the loop ended
     bar.close()
-    if start_step == args.num_steps:
-        # Resumed at the last step (stopped by a signal there, before its validation).
-        best_miou = _validate(models, val_set, args, info, device, how, step, best_miou, True, out)
     check_finite_weights(models.raw_student, f"step {step}, final.pth")
     main_decides(lambda: ckpt.save_model(args.snapshot_dir / "final.pth", models.net, step, None,
                                          plan.owner.run_id))
@@ -249,7 +253,8 @@ class _Outputs:
     def record(self, rec: dict) -> None:
         main_decides(lambda: append_line(self.metrics, json.dumps(rec)))
 
-    def checkpoint(self, step: int, best_miou: float) -> None:
+    def checkpoint(self, step: int, best_miou: float, validated: bool = True) -> None:
+        """checkpoint_<step>.pth; `validated` False: a validation due at this step has not run."""
         if step == self.saved_at:
             return
         # on every rank, so that all of them stop together
@@ -261,7 +266,7 @@ class _Outputs:
         def write() -> None:
             ckpt.save_training_state(self.args.snapshot_dir / f"checkpoint_{step:06d}.pth", step, self.models,
                                      best_miou, self.args, run_id=self.plan.owner.run_id, rng_per_rank=rngs,
-                                     fingerprints=self.plan.fingerprints)
+                                     fingerprints=self.plan.fingerprints, validated=validated)
             ckpt.rotate(self.args.snapshot_dir, self.args.keep_last, self.plan.owner)
         main_decides(write)
         self.saved_at = step
@@ -379,11 +384,12 @@ def _trim_log(path: Path, step: int) -> None:
                  len(lines) - len(kept), step)
 
 
-def _resume(args, models: Training, plan: Plan, info: DistInfo, loaded: dict) -> tuple[int, float]:
-    """(start step, best mIoU) after --resume, or (0, -1) for a fresh run; every rank loads the
-    checkpoint rank 0 chose and takes back its own random state."""
+def _resume(args, models: Training, plan: Plan, info: DistInfo, loaded: dict) -> tuple[int, float, bool]:
+    """(start step, best mIoU, whether the validation due at that step is still to run) after
+    --resume, or (0, -1, False) for a fresh run; every rank loads the checkpoint rank 0 chose and
+    takes back its own random state."""
     if plan.resume is None:
-        return 0, -1.0
+        return 0, -1.0, False
     path = plan.resume
     state = loaded.get(path) or _flagged(lambda: ckpt.load_checkpoint(path), "--resume")
     step, best = ckpt.resume(models, path, state)
@@ -391,7 +397,7 @@ def _resume(args, models: Training, plan: Plan, info: DistInfo, loaded: dict) ->
     if changed and info.is_main:
         log.warning("--resume %s: %s", path, changed)
     log.info("resumed from %s at step %d", path, step)
-    return step, best
+    return step, best, state.get("validated") is False
 
 
 def _validate(models: Training, val_set, args, info: DistInfo, device, how: Inference, step: int, best_miou: float,

@@ -154,3 +154,20 @@ def test_another_world_size_reseeds_each_rank_and_says_what_changes():
     draw = torch.rand(3)
     torch.manual_seed(3 + 1 + 1000003 * 7)
     assert torch.equal(draw, torch.rand(3))
+
+
+def test_a_validation_a_signal_preempted_is_the_resumed_runs_first_task(runs, tmp_path, capsys):
+    """A stop signal during the step of a validation checkpoints without it ("validated": False);
+    the resumed run validates at that step before training on. Records after the checkpoint's
+    step, written before the stop, are dropped: the log holds each step once."""
+    import json
+    snap = copy_run(runs, "plain", tmp_path / "s")
+    (snap / "checkpoint_000002.pth").unlink()
+    state = ckpt.load_checkpoint(snap / "checkpoint_000001.pth")
+    ckpt.atomic_save({**state, "validated": False}, snap / "checkpoint_000001.pth")
+    status, out, err = train(capsys, *runs["common"], "--snapshot-dir", snap, "--resume", "auto", "--eval-at", "1",
+                             "--overwrite")
+    assert status == 0, err
+    assert "metrics.jsonl: removed 2 record(s) after step 1, which this run does again" in out
+    records = [json.loads(line) for line in (snap / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], "val" in r) for r in records] == [(1, False), (1, True), (2, False), (2, True)]

@@ -220,12 +220,15 @@ def restore_rng(state: dict, rank: int, world_size: int, seed: int) -> str | Non
 # --- the format -------------------------------------------------------------------------------
 
 def save_training_state(path: Path, step: int, models, best_miou: float, args, *, run_id: str | None = None,
-                        rng_per_rank: list[dict] | None = None, fingerprints: Mapping[str, str] | None = None) -> None:
+                        rng_per_rank: list[dict] | None = None, fingerprints: Mapping[str, str] | None = None,
+                        validated: bool = True) -> None:
     """Everything `resume` reads, for `models` (a skd.engine.steps.Training) after `step` steps.
 
     run_id: the run writing it (rotation removes only its own); rng_per_rank: every rank's
     random state, rank 0's first (default: this process's only); fingerprints: what the files
-    the run reads hold (skd.integrity.fingerprint, by flag dest), compared on resume."""
+    the run reads hold (skd.integrity.fingerprint, by flag dest), compared on resume; validated:
+    False when a validation due at `step` has not run (a stop signal came first), so the resumed
+    run does it first."""
     from skd.options import args_to_dict
     student, critic = models.raw_student, models.raw_critic
     ranks = rng_per_rank or [rng_state()]
@@ -233,7 +236,7 @@ def save_training_state(path: Path, step: int, models, best_miou: float, args, *
         "skd_format": FORMAT, "step": step, "model": student.net.state_dict(),
         "model_config": student.net.config(), "norm_weight": "plain", "optimizer": models.opt_g.state_dict(),
         "best_miou": best_miou, "args": args_to_dict(args), "rng": ranks[0], "rng_per_rank": ranks,
-        "run_id": run_id, "fingerprints": dict(fingerprints or {}),
+        "run_id": run_id, "fingerprints": dict(fingerprints or {}), "validated": validated,
     }
     if len(student.connectors):
         state["connectors"] = {name: c.state_dict() for name, c in student.connectors.items()}
