@@ -1,11 +1,15 @@
 """The checkpoint format, in one place: writing, reading, resuming. Plain dicts, written
-atomically, read with weights_only=True.
+atomically (skd.io), checked for bit rot before they are read (skd.integrity.verify), read with
+weights_only=True.
 
 A training checkpoint holds everything a run needs to continue exactly where it stopped: the
 student network ("model", with "model_config" and "norm_weight"), the connectors, the
-discriminator, both optimizers, the GradScaler, the step, the best mIoU, the flags and the RNG
-states. Files are `checkpoint_<step>.pth` in the snapshot dir, the newest `--keep-last` of them
-kept; `best.pth` and `final.pth` hold the student network only, in the same format, so
+discriminator, both optimizers, the GradScaler, the step, the best mIoU, the flags ("args",
+compared on resume by `recipe_changes`), every rank's random state ("rng_per_rank"; "rng" is
+rank 0's), the run id of the run that wrote it ("run_id": rotation removes only that run's
+files), the fingerprints of the files it read, and whether the validation due at its step ran.
+Files are `checkpoint_<step>.pth` in the snapshot dir, the newest `--keep-last` of the run kept;
+`best.pth` and `final.pth` hold the student network only ("weights only"), in the same format, so
 `skd-eval --ckpt` and `--teacher-ckpt` read any of them.
 """
 from __future__ import annotations
