@@ -315,11 +315,14 @@ def _plan(args, loaded: dict) -> Plan:
         step = state["step"]
         _check_recipe(args, path, state, fingerprints)
         owner = rundir.RunOwner(state.get("run_id") or rundir.new_run_id(), legacy=state.get("run_id") is None)
+    # --resume auto skipped every numbered checkpoint newer than the one it took (damaged or
+    # unreadable): the run writes over them when it gets there.
+    skipped = {p for s, p in ckpt.list_checkpoints(folder) if args.resume == "auto" and step is not None and s > step}
     peeked = {}
     for p in ckpt.run_files(folder):
-        seen = ckpt.peek(p)
+        seen = None if p in skipped else ckpt.peek(p)
         if seen is None and found is not None:
-            continue  # unreadable: --resume auto skipped it; the run writes over it when it gets there
+            continue
         peeked[p] = seen or (None, None)
     others = rundir.earlier_files(folder, owner if found is not None else None, step, peeked)
     rundir.refuse_or_remove(folder, others, args.overwrite, resuming=found is not None,

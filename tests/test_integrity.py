@@ -80,3 +80,20 @@ def test_fingerprint_follows_the_content_not_the_name(tmp_path):
     assert fingerprint(a) == fingerprint(b)
     ckpt.atomic_save({"w": torch.arange(10.0) + 1}, b)
     assert fingerprint(a) != fingerprint(b)
+
+
+def test_a_run_resumed_past_its_damaged_newest_checkpoint_writes_over_it(cityscapes_dir, tmp_path, capsys):
+    """The crash case: the newest checkpoint rotted, the run had not finished; --resume auto takes
+    the one before and continues (the damaged file is not "a later checkpoint" to protect)."""
+    from skd.train import main
+    from test_e2e import TINY
+    flags = ["--data-dir", str(cityscapes_dir), "--snapshot-dir", str(tmp_path), *TINY, "--save-every", "1"]
+    assert main([*flags, "--num-steps", "2"]) == 0
+    for name in ("final.pth", "best.pth", "val_final.json"):  # as if killed before the end
+        (tmp_path / name).unlink()
+    flip_bit_in_tensor(tmp_path / "checkpoint_000002.pth")
+    capsys.readouterr()
+    assert main([*flags, "--num-steps", "2", "--resume", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "skipping " in out and f"resumed from {tmp_path / 'checkpoint_000001.pth'} at step 1" in out
+    verify(tmp_path / "checkpoint_000002.pth")  # written anew, intact
