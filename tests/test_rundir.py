@@ -73,6 +73,7 @@ def test_a_second_skd_train_in_the_same_folder_is_refused_while_the_first_runs(c
     assert [r["step"] for r in records] == list(range(1, len(records) + 1))  # one run's steps only
 
 
+@pytest.mark.slow  # three runs: 15-22 s on 2 shared cores
 def test_a_new_run_where_checkpoints_are_is_refused_unless_overwrite(cityscapes_dir, tmp_path):
     flags = ["--data-dir", cityscapes_dir, "--snapshot-dir", tmp_path, *TINY, "--num-steps", "2",
              "--save-every", "1", "--keep-last", "1"]
