@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# Evaluate a checkpoint on Cityscapes val and write test-set predictions (submission format).
+# Evaluate a checkpoint on the validation split and write test-set predictions (Cityscapes: the
+# submission format). The checkpoint describes its network: no architecture flags are needed.
 #
 #   CKPT=runs/pspnet_r18_distill/best.pth bash run_test.sh [extra flags, e.g. --mode sliding --flip]
+#   DATASET=voc DATA_DIR=data/VOCdevkit CKPT=... bash run_test.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 
+DATASET=${DATASET:-cityscapes}
 DATA_DIR=${DATA_DIR:-data/cityscapes}
 CKPT=${CKPT:-runs/pspnet_r18_distill/best.pth}
-ARCH=${ARCH:-resnet18}
 OUT=${OUT:-${CKPT%.pth}_test}
 GPUS=${GPUS:-${NPROC:-1}}
 
 if (( GPUS > 1 )); then
-    LAUNCH=(torchrun --nproc_per_node="$GPUS")
+    LAUNCH=(torchrun --standalone --nproc_per_node="$GPUS")
 else
     LAUNCH=(python)
 fi
 
-"${LAUNCH[@]}" -m skd.evaluate --data-dir "$DATA_DIR" --split val --ckpt "$CKPT" --arch "$ARCH" "$@"
-"${LAUNCH[@]}" -m skd.predict --data-dir "$DATA_DIR" --split test --ckpt "$CKPT" --arch "$ARCH" --out "$OUT" "$@"
+"${LAUNCH[@]}" -m skd.evaluate --dataset "$DATASET" --data-dir "$DATA_DIR" --ckpt "$CKPT" "$@"
+"${LAUNCH[@]}" -m skd.predict --dataset "$DATASET" --data-dir "$DATA_DIR" --ckpt "$CKPT" --out "$OUT" "$@"

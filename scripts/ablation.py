@@ -62,7 +62,63 @@ def run(cmd: list[str]) -> None:
         raise SystemExit(f"ablation: command failed with status {result.returncode}: {' '.join(cmd[:4])} ...")
 
 
-def train(launch: list[str], snapshot: Path, flags: list[str]) -> dict:
+def last_value(flags: list[str], flag: str, default: str | None = None) -> str | None:
+    """The value of the last `flag` in `flags` (the one skd-train uses), or `default`."""
+    values = [flags[i + 1] for i, f in enumerate(flags[:-1]) if f == flag]
+    return values[-1] if values else default
+
+
+class Progress:
+    """Where a sequence of runs stands, printed before each: `[k/n] label: N steps; 1m20s so far,
+    about 3m10s left`. The time left is the steps still to train times the seconds per step
+    measured on the runs trained so far (the teacher, the students with the adversarial term and
+    the others kept apart, as their steps cost differently); finished runs that are reused cost
+    nothing and are not counted."""
+
+    def __init__(self, jobs: list[tuple[str, Path, list[str]]]):
+        self.jobs = jobs
+        self.next = 0
+        self.start = time.time()
+        self.rates: dict[str, list[float]] = {}
+
+    @staticmethod
+    def kind(flags: list[str]) -> str:
+        if last_value(flags, "--teacher-ckpt") is None:
+            return "no teacher"
+        return "ho" if last_value(flags, "--ho", "True") == "True" else "student"
+
+    @staticmethod
+    def steps(flags: list[str]) -> int:
+        return int(last_value(flags, "--num-steps", "40000"))
+
+    def left(self) -> float | None:
+        every = [r for rates in self.rates.values() for r in rates]
+        if not every:
+            return None
+        todo = [(self.kind(f), self.steps(f)) for _, snap, f in self.jobs[self.next:]
+                if not (snap / "val_final.json").exists()]
+        return sum(n * statistics.mean(self.rates.get(k, every)) for k, n in todo)
+
+    def begin(self, label: str, snapshot: Path, flags: list[str]) -> None:
+        self.next += 1
+        if (snapshot / "val_final.json").exists():
+            return
+        left = self.left()
+        eta = f", about {_clock(left)} left" if left is not None else ""
+        print(f"[{self.next}/{len(self.jobs)}] {label}: {self.steps(flags)} steps; {_clock(time.time() - self.start)} "
+              f"so far{eta}", flush=True)
+
+    def trained(self, flags: list[str], seconds: float) -> None:
+        self.rates.setdefault(self.kind(flags), []).append(seconds / self.steps(flags))
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def train(launch: list[str], snapshot: Path, flags: list[str], progress: Progress | None = None,
+          label: str = "") -> dict:
     """Train one run (unless already done) and return its final validation summary.
 
     A finished or interrupted run in `snapshot` is reused or resumed only when it was started
@@ -73,11 +129,24 @@ def train(launch: list[str], snapshot: Path, flags: list[str]) -> dict:
     if record.exists() and json.loads(record.read_text()) != flags:
         raise SystemExit(f"ablation: {snapshot} holds a run with other flags; remove it or pass another "
                          "--snapshot-root")
+    if progress is not None:
+        progress.begin(label or snapshot.name, snapshot, flags)
     if not result.exists():
         snapshot.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(flags))
+        t0 = time.time()
         run(launch + flags + ["--snapshot-dir", str(snapshot), "--resume", "auto"])
+        if progress is not None:
+            progress.trained(flags, time.time() - t0)
     return json.loads(result.read_text())
+
+
+def run_jobs(launch: list[str], jobs: list[tuple[str, Path, list[str]]],
+             progress: Progress | None = None) -> list[dict]:
+    """Train (or reuse) each (label, snapshot, flags) job in order, printing the progress;
+    their final validation summaries."""
+    progress = progress or Progress(jobs)
+    return [train(launch, snapshot, flags, progress, label) for label, snapshot, flags in jobs]
 
 
 def cell(values: list[float]) -> str:
@@ -105,35 +174,54 @@ def table(results: dict[str, list[dict]], teacher: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def ablation(launch: list[str], data_dir: Path, teacher_flags: list[str], root: Path, rows: list[str],
-             seeds: list[int], extra: list[str]) -> dict[str, list[dict]]:
-    results = {}
+def ablation_jobs(data_dir: Path, teacher_flags: list[str], root: Path, rows: list[str], seeds: list[int],
+                  extra: list[str]) -> list[tuple[str, Path, list[str]]]:
+    """(label, snapshot, skd-train flags) of every row and seed, in order."""
+    jobs = []
     for key in rows:
         flags = ["--data-dir", str(data_dir)] + extra + ROWS[key][1]
         if key != "baseline":
             flags += teacher_flags
-        results[key] = [train(launch, root / key / f"seed{s}", flags + ["--seed", str(s)]) for s in seeds]
-    return results
+        jobs += [(f"{ROWS[key][0]}, seed {s}", root / key / f"seed{s}", flags + ["--seed", str(s)]) for s in seeds]
+    return jobs
 
 
-def demo_teacher(root: Path) -> tuple[Path, dict, list[str]]:
+def ablation(launch: list[str], data_dir: Path, teacher_flags: list[str], root: Path, rows: list[str],
+             seeds: list[int], extra: list[str], progress: Progress | None = None) -> dict[str, list[dict]]:
+    """Train every row with every seed (finished runs reused, cut-off ones resumed); their final
+    validation summaries by row."""
+    summaries = iter(run_jobs(launch, ablation_jobs(data_dir, teacher_flags, root, rows, seeds, extra), progress))
+    return {key: [next(summaries) for _ in seeds] for key in rows}
+
+
+def demo_paths(root: Path) -> tuple[Path, tuple[str, Path, list[str]], list[str]]:
+    """The demo under `root`: its data dir, the teacher's job (label, snapshot, flags) and the
+    skd-train flags that distil from that teacher."""
+    data = root / "data"
+    job = ("teacher", root / "teacher", ["--data-dir", str(data)] + DEMO["common"] + DEMO["teacher"])
+    return data, job, ["--teacher-ckpt", str(root / "teacher" / "final.pth")] + DEMO["teacher_arch"]
+
+
+def demo_teacher(root: Path, progress: Progress | None = None) -> tuple[Path, dict, list[str]]:
     """The demo's synthetic dataset and teacher under `root` (made once, then reused): returns
     (data dir, the teacher's final validation summary, the skd-train flags that distil from it)."""
-    data = root / "data"
+    data, (label, snapshot, flags), teacher_flags = demo_paths(root)
     py = [sys.executable, "-m"]
     if not (data / "leftImg8bit").exists():
         run(py + ["skd.data.synthetic", "--out", str(data), "--seed", "0"] + DEMO["synthetic"])
-    teacher = train(py + ["skd.train"], root / "teacher",
-                    ["--data-dir", str(data)] + DEMO["common"] + DEMO["teacher"])
-    return data, teacher, ["--teacher-ckpt", str(root / "teacher" / "final.pth")] + DEMO["teacher_arch"]
+    teacher = train(py + ["skd.train"], snapshot, flags, progress, label)
+    return data, teacher, teacher_flags
 
 
 def demo(args) -> None:
     start = time.time()
     root = args.snapshot_root or Path("demo")
-    data, teacher, teacher_flags = demo_teacher(root)
-    results = ablation([sys.executable, "-m", "skd.train"], data, teacher_flags,
-                       root, args.rows, args.seeds, DEMO["common"] + DEMO["student"] + args.train_flags)
+    data, teacher_job, teacher_flags = demo_paths(root)
+    extra = DEMO["common"] + DEMO["student"] + args.train_flags
+    progress = Progress([teacher_job] + ablation_jobs(data, teacher_flags, root, args.rows, args.seeds, extra))
+    _, teacher, _ = demo_teacher(root, progress)
+    results = ablation([sys.executable, "-m", "skd.train"], data, teacher_flags, root, args.rows, args.seeds, extra,
+                       progress)
     report(results, teacher, root / "ablation.md",
            f"Synthetic demo (teacher PSPNet-R18 x0.5, student PSPNet-R18 x0.25), {time.time() - start:.0f} s")
 
@@ -174,7 +262,8 @@ def runner_parser(doc: str, table_name: str) -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="synthetic data and a small teacher, CPU")
     p.add_argument("--data-dir", type=Path, help="Cityscapes root")
     p.add_argument("--teacher-ckpt", type=Path, help="teacher weights")
-    p.add_argument("--teacher-arch", default="resnet101", help="teacher backbone (default resnet101)")
+    p.add_argument("--teacher-arch", default=None,
+                   help="teacher backbone; the teacher file describes its network, so only to check it")
     p.add_argument("--snapshot-root", type=Path, default=None, help="one sub-folder per row and seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; several give mean ± std")
     p.add_argument("--launch", default=f"{sys.executable} -m skd.train",
@@ -194,7 +283,8 @@ def parse_runner_args(p: argparse.ArgumentParser, argv: list[str] | None) -> arg
     if not args.demo:
         if args.data_dir is None or args.teacher_ckpt is None:
             p.error("--data-dir and --teacher-ckpt are required (or --demo)")
-        args.teacher_flags = ["--teacher-ckpt", str(args.teacher_ckpt), "--teacher-arch", args.teacher_arch]
+        args.teacher_flags = ["--teacher-ckpt", str(args.teacher_ckpt)] + (
+            ["--teacher-arch", args.teacher_arch] if args.teacher_arch else [])
     return args
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation  # noqa: E402  (scripts/ is not a package)
-from ablation import DEMO, cell, train  # noqa: E402
+from ablation import DEMO, cell  # noqa: E402
 
 # The real-data schedule: the CWD paper's settings as issue #17 gives them (batch 8, 40k steps,
 # 512x512 crops, lr 0.01), which TorchDistiller SemSeg-distill (the CWD authors' code) and the
@@ -144,20 +144,29 @@ def weight_of(row: Row, overrides: list[str] = ()) -> str:
 
 
 def compare(launch: list[str], data_dir: Path, teacher_flags: list[str], root: Path, rows: list[Row],
-            seeds: list[int], schedule: list[str], overrides: list[str]) -> dict[Row, list[dict]]:
+            seeds: list[int], schedule: list[str], overrides: list[str],
+            progress: ablation.Progress | None = None) -> dict[Row, list[dict]]:
     """Train every row with every seed (finished runs reused, cut-off runs resumed) and return
     their final validation summaries by row. Each run's flags: --data-dir, `schedule`, the row's
     method flags, the teacher (not for the baseline), `overrides`, --seed; its folder
     root/compare/<method>-<map>/seed<N>."""
-    results = {}
+    jobs = compare_jobs(data_dir, teacher_flags, root, rows, seeds, schedule, overrides)
+    summaries = iter(ablation.run_jobs(launch, jobs, progress))
+    return {row: [next(summaries) for _ in seeds] for row in rows}
+
+
+def compare_jobs(data_dir: Path, teacher_flags: list[str], root: Path, rows: list[Row], seeds: list[int],
+                 schedule: list[str], overrides: list[str]) -> list[tuple[str, Path, list[str]]]:
+    """(label, snapshot, skd-train flags) of every row and seed, in order (see `compare`)."""
+    jobs = []
     for row in rows:
         flags = ["--data-dir", str(data_dir)] + schedule + flags_of(row)
         if row[0] != "baseline":
             flags += teacher_flags
         flags += overrides
-        results[row] = [train(launch, root / "compare" / folder(row) / f"seed{s}", flags + ["--seed", str(s)])
-                        for s in seeds]
-    return results
+        jobs += [(f"{folder(row)}, seed {s}", root / "compare" / folder(row) / f"seed{s}", flags + ["--seed", str(s)])
+                 for s in seeds]
+    return jobs
 
 
 def tables(results: dict[Row, list[dict]], teacher: dict | None = None, overrides: list[str] = ()) -> str:
@@ -204,10 +213,13 @@ def report(results: dict[Row, list[dict]], teacher: dict | None, schedule: list[
 def demo(args) -> None:
     start = time.time()
     root = args.snapshot_root or Path("demo")
-    data, teacher, teacher_flags = ablation.demo_teacher(root)
+    data, teacher_job, teacher_flags = ablation.demo_paths(root)
     overrides = DEMO["student"] + args.train_flags
+    progress = ablation.Progress([teacher_job] + compare_jobs(data, teacher_flags, root, args.rows, args.seeds,
+                                                              DEMO["common"], overrides))
+    _, teacher, _ = ablation.demo_teacher(root, progress)
     results = compare([sys.executable, "-m", "skd.train"], data, teacher_flags, root, args.rows, args.seeds,
-                      DEMO["common"], overrides)
+                      DEMO["common"], overrides, progress)
     report(results, teacher, DEMO["common"], overrides, args.out or root / "compare.md",
            f"Synthetic comparison (teacher PSPNet-R18 x0.5, student PSPNet-R18 x0.25), {time.time() - start:.0f} s")
 

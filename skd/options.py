@@ -10,6 +10,7 @@ fails in a second, as one line naming the flag; the rules that involve several f
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import re
 from pathlib import Path
@@ -27,8 +28,9 @@ from skd.errors import SkdError
 from skd.flags import (FRACTION, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, UNIT, Flag, choice, number,
                        size_pair, str2bool, switch)
 
-__all__ = ["SkdArgumentParser", "args_to_dict", "check_train_args", "check_writable_dir", "eval_parser",
-           "logit_size", "resolve_dataset", "resolve_distill_defaults", "size_pair", "str2bool", "test_parser", "train_parser"]
+__all__ = ["RESUME_SAFE", "SkdArgumentParser", "args_to_dict", "check_list_file", "check_output_file",
+           "check_train_args", "check_writable_dir", "eval_parser", "logit_size", "resolve_dataset",
+           "resolve_distill_defaults", "size_pair", "str2bool", "test_parser", "train_parser"]
 
 
 
@@ -66,6 +68,11 @@ def device_name(text: str) -> str:
     return text
 
 
+def _flag_name(text: str) -> str:
+    """--allow-change: a flag name (lr-g, --lr-g or lr_g) -> its dest (lr_g); 'all' stays."""
+    return text.lstrip("-").replace("-", "_")
+
+
 def _add(group: argparse._ActionsContainer, *flags: Flag) -> None:
     for flag in flags:
         flag.add_to(group)
@@ -91,7 +98,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-list", type=Path, default=None,
                    help="list file in the dataset's list format (Cityscapes: image<TAB>label, relative to "
                         "--data-dir); default: the split's own images")
-    _add(g, Flag("--num-workers", NONNEG_INT, 2, "data loading processes (default %(default)s)"))
+    _add(g, Flag("--num-workers", number(int, 0, 256), 2, "data loading processes, 0..256 (default %(default)s)"))
 
 
 # The flags of a network's architecture (skd.models.build_model's keys) and their defaults when
@@ -124,9 +131,10 @@ def add_model_args(p: argparse.ArgumentParser, *, prefix: str = "", describes_it
         _add(g, choice("--norm", ("bn", "syncbn", "inplace_abn", "inplace_abn_sync"), "bn",
                        "norm layer; syncbn / inplace_abn_sync reduce statistics over ranks (default bn)"))
     if classes:
-        _add(g, Flag("--num-classes", number(int, 2), None, "number of classes (default: the dataset's, e.g. 19 "
-                                                            "for Cityscapes); a value that differs from the "
-                                                            "dataset's is refused"))
+        # 255 at most: labels are uint8 and 255 is the ignore label, so it cannot be a class
+        _add(g, Flag("--num-classes", number(int, 2, 255), None, "number of classes, 2..255 (default: the dataset's, "
+                                                                 "e.g. 19 for Cityscapes); a value that differs from "
+                                                                 "the dataset's is refused"))
 
 
 def model_flags(args: argparse.Namespace, prefix: str = "", classes: bool = True) -> dict:
@@ -251,8 +259,19 @@ def train_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("run")
     g.add_argument("--snapshot-dir", type=Path, default=Path("runs/skd"), help="checkpoints and logs")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto' (newest intact one)")
+    _add(g, Flag("--seed", number(int, 0, 2 ** 32 - 1), 0, "random seed, 0..2^32-1 (default 0)"))
+    g.add_argument("--resume", default=None,
+                   help="continue a run: 'auto' (the newest intact checkpoint of --snapshot-dir; from scratch "
+                        "when it holds none) or the PATH of a checkpoint_<step>.pth. The flags must be the "
+                        "checkpoint's, except those that do not change what is trained (logging, evaluation, "
+                        "saving, workers, device, a longer --num-steps; see --allow-change)")
+    _add(g, switch("--overwrite", False,
+                   "start (or resume) in a --snapshot-dir that holds files of another run: delete them first "
+                   "(numbered checkpoints, best.pth, final.pth, metrics.jsonl, val_final.json; each one logged). "
+                   "Without it such a run is refused; default False"),
+         Flag("--allow-change", _flag_name, [],
+              "with --resume: flags whose change from the checkpoint's value is allowed although it alters "
+              "the recipe, by name without dashes (e.g. lr-g seed), or 'all'", nargs="+"))
     _add(g, Flag("--save-every", POSITIVE_INT, 1000, "checkpoint every N steps (default 1000)"),
          Flag("--keep-last", POSITIVE_INT, 3, "checkpoints kept (default 3); best.pth kept apart"),
          Flag("--eval-every", NONNEG_INT, 0, "validate every N steps (and at the end); 0 = only at the end"),
@@ -316,6 +335,14 @@ def check_train_args(args: argparse.Namespace, world_size: int = 1) -> None:
         raise SkdError(f"--restore-from {args.restore_from}: no such file")
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():
         raise SkdError(f"--resume {args.resume}: no such file (or use --resume auto)")
+    if args.allow_change and args.resume is None:
+        raise SkdError("--allow-change: only means something with --resume")
+    unknown = sorted(set(args.allow_change) - set(vars(args)) - {"all"})
+    if unknown:
+        raise SkdError(f"--allow-change {unknown[0].replace('_', '-')}: no such flag of skd-train")
+    for flag, path in (("--data-list", args.data_list), ("--val-list", args.val_list)):
+        if path is not None:
+            check_list_file(path, flag)
     check_writable_dir(args.snapshot_dir, "--snapshot-dir")
 
 
@@ -336,7 +363,70 @@ def resolve_distill_defaults(args: argparse.Namespace) -> None:
             setattr(args, term.name, args.teacher_ckpt is not None)
 
 
+# Flags a resumed run may change (dest -> why, None: not worth saying): they decide what is logged, validated or saved,
+# where the files are, or how fast and on what the same steps run; not what is trained. Any other
+# change is refused on --resume unless --allow-change names it (a longer --num-steps is allowed
+# too: skd.engine.checkpoint.recipe_changes).
+RESUME_SAFE = {
+    "data_dir": "where the data is; the images are those of --data-list or the split",
+    "num_workers": "loading processes; the batches are the same",
+    "val_list": "validation images; best.pth then compares validations on other images",
+    "val_split": "validation images; best.pth then compares validations on other images",
+    "max_val_images": "validation images; best.pth then compares validations on other images",
+    "eval_every": "when to validate", "eval_at": "when to validate", "log_every": "when to log",
+    "progress": "the progress bar", "save_every": "when to save", "keep_last": "how many checkpoints are kept",
+    "snapshot_dir": "where the run writes", "resume": None, "overwrite": None, "allow_change": None,
+    "skip_nonfinite": "how many non-finite steps may be skipped",
+    "restore_from": "read only when a run starts; a resumed run continues from the checkpoint",
+    "device": "the same steps on another device, not bit for bit",
+    "compile": "the same steps compiled or eager, not bit for bit",
+    "channels_last": "the same steps in another memory layout, not bit for bit",
+    "amp": "the same steps at another precision, not bit for bit",
+    "tf32": "the same steps at another matmul precision, not bit for bit",
+    "deterministic": "the same steps with other kernels, not bit for bit",
+    "restore_norm_weight": "read only when a run starts; a resumed run continues from the checkpoint",
+    "tensorboard": "TensorBoard events beside metrics.jsonl",
+    "config": None, "print_config": None,
+    # The teacher's architecture flags only check --teacher-ckpt's file, whose content is compared.
+    "teacher_arch": None, "teacher_head": None, "teacher_variant": None, "teacher_width_mult": None,
+    "teacher_stem": None,
+}
+
+
+def check_list_file(path: Path, flag: str) -> None:
+    """A list file must be a UTF-8 text file: SkdError naming `flag` for a missing one, a folder,
+    or a binary file (a NUL byte or invalid UTF-8 in its first MiB), before the reader chokes on it."""
+    if not Path(path).is_file():
+        raise SkdError(f"{flag} {path}: no such file; expected a list file of lines 'image<TAB>label'")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError as e:
+        raise SkdError(f"{flag} {path}: cannot be read ({e.strerror})") from None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        decoder.decode(head, final=len(head) < 1 << 20)
+        bad = head.find(b"\0")
+    except UnicodeDecodeError as e:
+        bad = e.start
+    if bad >= 0:
+        raise SkdError(f"{flag} {path}: not a text list file (byte {bad} is {head[bad]:#04x}, not UTF-8 text); "
+                       f"expected lines 'image<TAB>label' relative to --data-dir")
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """An output file's folder must exist (it is created) and be writable, and the path must not be
+    a folder: SkdError naming `flag` before any work is done, not after it."""
+    path = Path(path)
+    if path.is_dir():
+        raise SkdError(f"{flag} {path}: is a folder; pass the path of a file to write")
+    check_writable_dir(path.parent, flag)
+
+
 def check_writable_dir(path: Path, flag: str) -> None:
+    """`path` is a writable folder (created if missing), or SkdError naming `flag`."""
+    if path.exists() and not path.is_dir():
+        raise SkdError(f"{flag} {path}: is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

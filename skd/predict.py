@@ -13,12 +13,10 @@ import logging
 import torch
 from tqdm import tqdm
 
-from skd.data import EvalTransform
-from skd.data.registry import build_dataset
 from skd.engine.distributed import barrier, cleanup, init_distributed
 from skd.engine.evaluate import predict
 from skd.engine.runtime import cli, configure_numerics, setup_logging
-from skd.evaluate import build_model, inference_of, panel_writer
+from skd.evaluate import build_model, inference_of, inference_set, panel_writer
 from skd.options import check_writable_dir, resolve_dataset, test_parser
 
 log = logging.getLogger("skd.predict")
@@ -33,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_numerics(args.tf32)
         check_writable_dir(args.out, "--out")
         resolve_dataset(args, split="test")
-        dataset = build_dataset(args.dataset, args.data_dir, args.split, args.data_list, transform=EvalTransform(),
-                                has_labels=False)
+        dataset = inference_set(args, args.split, has_labels=False)
         model = build_model(args, device)
         how = inference_of(args, device)
         panel = panel_writer(args, dataset, device, how, args.vis_dir or args.out / "vis")

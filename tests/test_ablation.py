@@ -65,3 +65,27 @@ def test_a_finished_run_with_other_flags_is_not_reused(ablation, tmp_path):
         ablation.ablation(launch, tmp_path / "data", [], tmp_path / "runs", ["baseline"], [0], ["--lambda-pi", "10"])
     stored = json.loads((tmp_path / "runs" / "baseline" / "seed0" / "ablation_flags.json").read_text())
     assert stored[stored.index("--lambda-pi") + 1] == "1"  # the first run is kept as it was
+
+
+def test_progress_estimates_the_time_left_from_the_runs_trained_so_far(ablation, tmp_path, capsys):
+    teacher = ["--num-steps", "100"]
+    plain = ["--teacher-ckpt", "t.pth", "--ho", "False", "--num-steps", "50"]
+    adversarial = ["--teacher-ckpt", "t.pth", "--num-steps", "50"]  # --ho defaults to on with a teacher
+    jobs = [("teacher", tmp_path / "t", teacher), ("a", tmp_path / "a", plain), ("b", tmp_path / "b", plain),
+            ("c", tmp_path / "c", adversarial), ("done", tmp_path / "d", plain)]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "val_final.json").write_text("{}")  # finished: reused, costs nothing
+    progress = ablation.Progress(jobs)
+    assert [progress.kind(f) for _, _, f in jobs] == ["no teacher", "student", "student", "ho", "student"]
+    progress.begin("teacher", *jobs[0][1:])
+    assert progress.left() is None and "[1/5] teacher: 100 steps; 0s so far\n" == capsys.readouterr().out
+    progress.trained(teacher, 50.0)                          # 0.5 s a step
+    assert progress.left() == pytest.approx(3 * 50 * 0.5)    # nothing else measured yet: the teacher's rate
+    progress.begin("a", *jobs[1][1:])
+    progress.trained(plain, 10.0)                            # students: 0.2 s a step
+    # b at the students' 0.2, c (adversarial, not measured) at the mean of all rates so far, d reused
+    assert progress.left() == pytest.approx(50 * 0.2 + 50 * (0.5 + 0.2) / 2)
+    progress.begin("b", *jobs[2][1:])
+    assert "[3/5] b: 50 steps;" in capsys.readouterr().out.splitlines()[-1]
+    progress.begin("done", *jobs[4][1:])
+    assert "done" not in capsys.readouterr().out  # reused runs print nothing

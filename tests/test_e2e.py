@@ -146,8 +146,9 @@ def test_two_gloo_processes_train_in_step_and_match_one_process(data_dir, tmp_pa
     run_cli("skd.train", *flags, "--snapshot-dir", single)
     ddp = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_port=29533", "-m", "skd.train", *map(str, flags), "--snapshot-dir", str(ddp)],
+    # --standalone: torchrun picks a free port (a fixed one fails when anything else holds it)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "skd.train", *map(str, flags), "--snapshot-dir", str(ddp)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     a, b = model_tensors(single / "final.pth"), model_tensors(ddp / "final.pth")

@@ -128,8 +128,8 @@ def _args(tmp_path, *extra):
     (["--lr-g", "inf"], "--lr-g inf: must be a finite number"),
     (["--pool-scale", "1.5"], "--pool-scale 1.5: must be in \\(0, 1\\]"),
     (["--momentum", "1"], "--momentum 1: must be in \\[0, 1\\)"),
-    (["--num-workers", "-1"], "--num-workers -1: must not be negative"),
-    (["--d-input-size", "32"], "--d-input-size 32: must be 0 or at least 64"),
+    (["--num-workers", "-1"], r"--num-workers -1: must be in \[0, 256\]"),
+    (["--d-input-size", "32"], "--d-input-size 32: must be 0 or between 64"),
     (["--input-size", "100000"], "--input-size 100000: each side must be between 16 and 4096"),
     (["--norm", "groupnorm"], "--norm: invalid choice: 'groupnorm'"),
     (["--pi", "maybe"], "--pi maybe: expected True or False"),
@@ -144,6 +144,18 @@ def test_bad_flags_are_refused_with_the_flag_named(tmp_path, extra, message):
     with pytest.raises(SkdError, match=message) as info:
         check_train_args(_args(tmp_path, *extra), world_size=2)
     assert "\n" not in str(info.value)
+
+
+def test_the_readmes_two_node_example_needs_a_batch_of_two_images_a_rank(tmp_path):
+    """torchrun --nnodes=2 --nproc_per_node=8: 16 ranks. The default --batch-size 8 cannot be
+    split over them, 16 leaves one image a rank (plain BatchNorm needs two), 32 works."""
+    with pytest.raises(SkdError, match="--batch-size 8: the global batch must be a multiple of the number of "
+                                       r"processes \(16\)"):
+        check_train_args(_args(tmp_path), world_size=16)
+    with pytest.raises(SkdError, match="--batch-size 16 over 16 process.es. leaves 1 image per rank"):
+        check_train_args(_args(tmp_path, "--batch-size", "16"), world_size=16)
+    check_train_args(_args(tmp_path, "--batch-size", "16", "--norm", "syncbn"), world_size=16)
+    check_train_args(_args(tmp_path, "--batch-size", "32"), world_size=16)
 
 
 def test_a_device_this_torch_lacks_is_refused_at_parse(tmp_path):

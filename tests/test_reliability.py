@@ -4,6 +4,7 @@ corrupt or mismatched checkpoints on resume, and errors raised inside DataLoader
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ def test_torch_save_runtime_error_on_a_full_disk_is_one_error_and_keeps_the_prev
     path = tmp_path / "checkpoint_000001.pth"
     ckpt.atomic_save({"skd_format": 1, "step": 1}, path)
     monkeypatch.setattr(torch, "save", _torch_save_failing_like_a_full_disk)
-    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: SimpleNamespace(total=1 << 20, used=1 << 20, free=0))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=1 << 20, used=1 << 20, free=0))
     with pytest.raises(SkdError) as info:
         ckpt.atomic_save({"skd_format": 1, "step": 2}, path)
     message = str(info.value)
@@ -59,15 +60,15 @@ def test_torch_save_runtime_error_with_free_space_says_the_write_failed(tmp_path
 
 
 def test_metrics_log_on_a_full_disk_is_one_error_naming_the_file():
-    from skd.engine.distributed import DistInfo
-    from skd.train import _append_jsonl, _write_text
+    from skd.io import append_line, write_text_atomic
     full = Path("/dev/full")  # every write: ENOSPC
     if not full.exists():
         pytest.skip("no /dev/full")
     with pytest.raises(SkdError, match="could not write /dev/full: no space left on device"):
-        _append_jsonl(full, {"step": 1}, DistInfo())
+        append_line(full, '{"step": 1}')
     with pytest.raises(SkdError, match="could not write /dev/full: no space left on device"):
-        _write_text(full, "{}")
+        write_text_atomic(full, "{}")
+    assert full.is_char_device()  # written in place, never replaced by a file
 
 
 # --- stale temporary files -----------------------------------------------------------------
@@ -196,12 +197,83 @@ def test_error_in_a_dataloader_worker_is_one_line_and_exit_2(capsys):
     assert err == "skd: error: /data/frame_0.png: cannot be read as an image (missing or corrupt)\n"
 
 
-def test_a_prediction_png_that_cannot_be_written_is_one_error_naming_it(tmp_path, monkeypatch):
+def test_a_prediction_png_that_cannot_be_encoded_is_one_error_naming_it(tmp_path, monkeypatch):
     import numpy as np
 
     from skd.data import info as data_info
     from skd.data.cityscapes import CITYSCAPES
 
-    monkeypatch.setattr(data_info.cv2, "imwrite", lambda path, image: False)  # what a full disk gives
-    with pytest.raises(SkdError, match=r"--out: could not write .*aachen_x_labelIds\.png"):
+    monkeypatch.setattr(data_info.cv2, "imencode", lambda ext, image: (False, None))
+    with pytest.raises(SkdError, match=r"--out: could not encode .*aachen_x_labelIds\.png as PNG"):
         CITYSCAPES.write_prediction(tmp_path, "aachen/aachen_x", np.zeros((4, 6), dtype=np.uint8))
+
+
+def _full_disk_at_fsync(monkeypatch):
+    """A disk that is full: the data reaches it at flush/fsync, which fails with ENOSPC."""
+    import errno
+
+    from skd import io
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(io.os, "fsync", fsync)
+
+
+@pytest.fixture(scope="module")
+def weights(cityscapes_dir, tmp_path_factory) -> Path:
+    from skd.models import build_pspnet
+    path = tmp_path_factory.mktemp("weights") / "final.pth"
+    ckpt.save_model(path, build_pspnet("resnet18", num_classes=19, width_mult=0.25), 0, None)
+    return path
+
+
+def test_skd_test_on_a_full_disk_is_one_error_and_leaves_no_empty_png(cityscapes_dir, weights, tmp_path,
+                                                                      monkeypatch, capsys):
+    """Before: cv2.imwrite returned True for a small PNG the full disk cut to 0 bytes, and skd-test
+    printed "N predictions written", exit 0."""
+    from skd import predict
+    out = tmp_path / "preds"
+    _full_disk_at_fsync(monkeypatch)
+    status = predict.main(["--data-dir", str(cityscapes_dir), "--ckpt", str(weights), "--arch", "resnet18",
+                           "--width-mult", "0.25", "--device", "cpu", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert status == 2 and "predictions written" not in captured.out + captured.err
+    assert captured.err.strip().splitlines()[-1].startswith(f"skd: error: could not write {out}/labelIds/")
+    assert [p for p in out.rglob("*") if p.is_file()] == []  # no PNG, empty or partial, and no temporary
+
+
+def test_skd_eval_out_on_a_full_disk_is_one_error_and_keeps_the_old_file(cityscapes_dir, weights, tmp_path,
+                                                                        monkeypatch, capsys):
+    from skd import evaluate
+    out = tmp_path / "miou.json"
+    out.write_text('{"mIoU": 0.5}')
+    _full_disk_at_fsync(monkeypatch)
+    status = evaluate.main(["--data-dir", str(cityscapes_dir), "--ckpt", str(weights), "--arch", "resnet18",
+                            "--width-mult", "0.25", "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and err[-1] == f"skd: error: could not write {out}: no space left on device" + (
+        err[-1].split("no space left on device", 1)[1])
+    assert out.read_text() == '{"mIoU": 0.5}' and sorted(tmp_path.iterdir()) == [out]
+
+
+# --- a pickle that runs code: what was refused ----------------------------------------------
+
+class _CallsOsSystem:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_calling_os_system_is_refused_saying_what_it_would_call(tmp_path):
+    from skd.models.checkpoint import read_checkpoint
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.pth"
+    torch.save({"skd_format": 1, "x": _CallsOsSystem(marker)}, bad)  # the zip format torch writes
+    with pytest.raises(SkdError) as info:
+        read_checkpoint(bad)
+    assert str(info.value) == (f"{bad}: cannot be loaded: unpickling it would call {os.system.__module__}.system, "
+                               f"which weights-only loading refuses (it could run arbitrary code); re-save it as a "
+                               f"plain state_dict of tensors")
+    assert not marker.exists()

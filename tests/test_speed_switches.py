@@ -127,6 +127,7 @@ def compare_compiled_with_eager(eager) -> None:
 
     want = step(eager, image, label)
     got = step(compiled, image, label)
+    assert compiled[0].net.forward.compiled is not None, "the compilation failed and fell back to eager"
     assert set(got) == set(want) == TERMS
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), k

@@ -149,6 +149,8 @@ def read_pair_list(
         lines = list_path.read_text().splitlines()
     except OSError as exc:
         raise SkdError(f"list file {list_path}: cannot be read ({exc.strerror}); check the path")
+    except UnicodeDecodeError:
+        raise SkdError(f"list file {list_path}: not a text file; expected lines 'image<TAB>label'") from None
 
     items: list[Item] = []
     missing: list[str] = []
@@ -209,6 +211,8 @@ def read_name_list(list_path: Path, what: str) -> list[str]:
         lines = list_path.read_text().splitlines()
     except OSError as exc:
         raise SkdError(f"{what} {list_path}: cannot be read ({exc.strerror}); check the path")
+    except UnicodeDecodeError:
+        raise SkdError(f"{what} {list_path}: not a text file; expected one sample name per line") from None
     names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not names:
         raise SkdError(f"{what} {list_path}: no entries; expected one sample name per line")

@@ -55,6 +55,9 @@ def read_classes(path: Path) -> tuple[tuple[str, ...], np.ndarray | None]:
     except OSError as exc:
         raise SkdError(f"classes file {path}: cannot be read ({exc.strerror}); write one class "
                        f"per line, 'name' or 'name R G B'")
+    except UnicodeDecodeError:
+        raise SkdError(f"classes file {path}: not a text file; write one class per line, 'name' or "
+                       f"'name R G B'") from None
     names: list[str] = []
     colours: list[tuple[int, int, int] | None] = []
     seen: dict[str, int] = {}

@@ -9,6 +9,8 @@ labelIds, ADE20K's 1-based ids, CamVid's void 11), and two 256-entry tables tran
 """
 from __future__ import annotations
 
+import io
+
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from PIL import Image
 
 from skd.data.files import DataFileError
 from skd.errors import SkdError
+from skd.io import write_bytes_atomic
 
 IGNORE_INDEX = 255
 # decode_table entry of a file value that must not occur in a mask of the dataset.
@@ -213,21 +216,28 @@ def bit_colormap(n: int = 256) -> np.ndarray:
 
 def write_png(path: Path, array: np.ndarray, palette: np.ndarray | None = None) -> Path:
     """Write (H, W) uint8 values (a palette PNG when `palette` (256, 3) RGB is given) or an
-    (H, W, 3) RGB image; the parent folder is created. SkdError naming the file on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if palette is not None:
-            im = Image.fromarray(np.ascontiguousarray(array, np.uint8))
-            im.putpalette(palette.reshape(-1).tolist())
-            im.save(path)
-            return path
+    (H, W, 3) RGB image; the parent folder is created. Encoded in memory and written checked and
+    atomically (skd.io: cv2.imwrite reports success for a small file a full disk truncated to 0
+    bytes), so the file is the old one or the new one; SkdError naming the file on failure."""
+    if palette is not None:
+        im = Image.fromarray(np.ascontiguousarray(array, np.uint8))
+        im.putpalette(palette.reshape(-1).tolist())
+        buffer = io.BytesIO()
+        im.save(buffer, format="PNG")
+        data = buffer.getvalue()
+    else:
         if array.ndim == 3:
             array = cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGB2BGR)
-        if cv2.imwrite(str(path), np.ascontiguousarray(array)):
-            return path
-    except OSError:
-        pass
-    raise SkdError(f"--out: could not write {path} (disk full or not writable?)")
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(array))
+        if not ok:
+            raise SkdError(f"--out: could not encode {path} as PNG")
+        data = png.tobytes()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SkdError(f"--out: could not create {path.parent} ({e.strerror})") from None
+    write_bytes_atomic(path, data)
+    return path
 
 
 def write_palette_prediction(info: DatasetInfo, out_dir: Path, name: str,

@@ -12,9 +12,13 @@ from torch.utils.data import DataLoader
 
 from skd.data import EvalTransform, TrainTransform
 from skd.data.base import SegmentationDataset
+from skd.data.cityscapes import MAX_PIXELS, DataFileError
+from skd.data.labels import IGNORE_INDEX
 from skd.data.registry import build_dataset
 from skd.data.sampler import SeededDataset, StepSampler
+from skd.engine import rundir
 from skd.engine.distributed import DistInfo
+from skd.engine.runtime import RecoveringCompile, ignore_stop_signals
 from skd.engine.steps import CriticLoss, DistillStudent, StepConfig, Training
 from skd.engine.terms import TERMS_BY_NAME
 from skd.errors import SkdError
@@ -151,11 +155,12 @@ def build_training(args, cfg: StepConfig, device: torch.device) -> tuple[Trainin
 
 
 def compile_forwards(models: Training) -> None:
-    """--compile: torch.compile the student's and the teacher's network forwards."""
+    """--compile: torch.compile the student's and the teacher's network forwards, each recovering
+    from a failed compilation (skd.engine.runtime.RecoveringCompile)."""
     net = models.raw_student.net
-    net.forward = torch.compile(net.forward)
+    net.forward = RecoveringCompile(net.forward, "the student")
     if models.teacher is not None:
-        models.teacher.forward = torch.compile(models.teacher.forward)
+        models.teacher.forward = RecoveringCompile(models.teacher.forward, "the teacher")
 
 
 def build_train_set(args) -> SegmentationDataset:
@@ -171,10 +176,12 @@ def build_val_set(args) -> SegmentationDataset:
 
 def build_train_loader(train_set, args, info: DistInfo, device: torch.device, start_step: int = 0) -> DataLoader:
     """This rank's batches for steps start_step..num_steps, as one pass of one loader (so its
-    workers start once); the sampler draws the global batch and gives each rank its share."""
+    workers start once); the sampler draws the global batch and gives each rank its share.
+    Labels are checked against --num-classes as they are loaded (`CheckedDataset`)."""
     sampler = StepSampler(len(train_set), args.batch_size, args.num_steps, args.seed, info.rank,
                           info.world_size, start_step)
-    return DataLoader(SeededDataset(train_set), batch_size=args.batch_size // info.world_size, sampler=sampler,
+    return DataLoader(SeededDataset(CheckedDataset(train_set, args.num_classes)),
+                      batch_size=args.batch_size // info.world_size, sampler=sampler,
                       num_workers=args.num_workers, pin_memory=device.type == "cuda",
                       worker_init_fn=_worker_init, drop_last=False,
                       # its own generator: the loader's base seed must not consume the global
@@ -183,6 +190,62 @@ def build_train_loader(train_set, args, info: DistInfo, device: torch.device, st
 
 
 def _worker_init(_worker_id: int) -> None:
+    # Stop signals are the main process's to handle (it checkpoints, then ends the workers); the
+    # snapshot dir's lock is the main process's to hold.
+    ignore_stop_signals()
+    rundir.close_inherited_locks()
     # OpenCV's own thread pool inside every loader process oversubscribes the cores.
     import cv2
     cv2.setNumThreads(0)
+
+
+# The shorter side an evaluation scale may shrink an image to: at the network's output stride of 8
+# that is a 4x4 map of logits; below it the pyramid module's 2x2 bins pool single cells and its 3x3
+# and 6x6 bins the same cells over and over, so the prediction is a few blocks, not a segmentation.
+MIN_EVAL_SIDE = 32
+
+
+class CheckedDataset(torch.utils.data.Dataset):
+    """A dataset whose items are checked as they load, naming the file at fault:
+
+    labels: every class id (255 = ignore aside) below `num_classes`, or the cross-entropy would
+    index past its logits (a traceback on the CPU, a device-side assert on a GPU) and the
+    confusion matrix would silently drop those pixels; one comparison per item.
+    scales (skd-eval, skd-test): each scale s takes the image to at least MIN_EVAL_SIDE pixels on
+    its shorter side and at most the loader's MAX_PIXELS.
+    """
+
+    def __init__(self, dataset, num_classes: int, scales: tuple[float, ...] = ()):
+        self.dataset = dataset
+        self.info = getattr(dataset, "info", None)
+        self.items = dataset.items
+        self.num_classes = num_classes
+        self.scales = tuple(scales)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label, name = self.dataset[index]
+        image_path, label_path = self.items[index]
+        if self.scales:
+            self._check_scales(image, image_path)
+        if label_path is not None and self.num_classes < IGNORE_INDEX:
+            outside = (label >= self.num_classes) & (label != IGNORE_INDEX)
+            if bool(outside.any()):
+                ids = sorted(set(label[outside].unique().tolist()))
+                raise DataFileError(f"{label_path}: holds class id(s) {ids[:8]}, not below --num-classes "
+                                    f"{self.num_classes}; pass --num-classes {ids[-1] + 1} or more (Cityscapes: 19)")
+        return image, label, name
+
+    def _check_scales(self, image: torch.Tensor, path) -> None:
+        h, w = image.shape[-2:]
+        low, high = min(self.scales), max(self.scales)
+        if round(min(h, w) * low) < MIN_EVAL_SIDE:
+            raise DataFileError(f"--scales {low:g}: shrinks {path} ({w}x{h}) to {round(w * low)}x{round(h * low)}, "
+                                f"under the {MIN_EVAL_SIDE} pixels a side the network needs; use a scale of at "
+                                f"least {MIN_EVAL_SIDE / min(h, w):.3g}")
+        if round(h * high) * round(w * high) > MAX_PIXELS:
+            raise DataFileError(f"--scales {high:g}: enlarges {path} ({w}x{h}) to {round(w * high)}x"
+                                f"{round(h * high)}, more than the {MAX_PIXELS} pixels skd decodes; use a "
+                                f"smaller scale")

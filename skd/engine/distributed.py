@@ -6,10 +6,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from skd.errors import SkdError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -78,3 +84,48 @@ def broadcast_int(value: int, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.broadcast(t, 0)
     return int(t.item())
+
+
+def agree_max(value: int, device: torch.device) -> int:
+    """The largest of every rank's `value` (identity in a single process): a decision all ranks
+    take together, e.g. to stop when any of them got a signal."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's `obj` on rank 0, in rank order (None on the other ranks); [obj] in a single
+    process. Pickled over the process group: for small objects such as random states."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def share_from_main(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (identity in a single process); pickled, for small objects."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def main_decides(decide: Callable[[], T]) -> T:
+    """Run `decide` on rank 0 only and give its result to every rank; an SkdError it raises is
+    raised on every rank with the same message, so all of them stop at once (identity in a
+    single process)."""
+    result, error = None, None
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        try:
+            result = decide()
+        except SkdError as e:
+            error = str(e)
+    result, error = share_from_main((result, error))
+    if error is not None:
+        raise SkdError(error)
+    return result

@@ -133,13 +133,15 @@ def _kd(x: TermInputs) -> Tensor:
 
 
 def _d_size(text: str) -> int:
-    """--d-input-size: 0 (logits as they are) or at least 64 (the discriminator's smallest input)."""
+    """--d-input-size: 0 (logits as they are) or 64..1024 (64: the discriminator's smallest input;
+    1024 keeps its self-attention's N x N maps within memory)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text}: not an integer") from None
-    if value != 0 and value < 64:
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 or at least 64 (the discriminator's smallest input)")
+    if value != 0 and not 64 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or between 64 (the discriminator's smallest input) "
+                                         f"and 1024")
     return value
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from skd.errors import SkdError
+from skd.integrity import verify
 from skd.models.layouts import infer_config, is_flat_skd_layout, is_mmseg_layout, mmseg_to_skd, official_to_skd
 from skd.models.segnet import SegmentationNet, build_model, check_model_config, complete_config
 
@@ -34,22 +35,32 @@ OFFICIAL_ABN_EPS = 1e-5
 MAX_LISTED = 4
 
 
+# How weights-only loading says which global it refused, across torch versions.
+_REFUSED = (
+    re.compile(r"unsupported GLOBAL (\S+) whose module \S+ is blocked"),    # torch 2.6+: os, posix, subprocess...
+    re.compile(r"GLOBAL (\S+) was not an allowed global by default"),       # torch 2.4+: any other global
+    re.compile(r"Unsupported global: GLOBAL (\S+)"),                        # older wording
+    re.compile(r"call reduce for unrecognized function (.+?)(?: which belongs to .*)?$", re.M),
+    re.compile(r"Can only create new object for .* but got (.+)$", re.M),
+)
+
+
 def _short_reason(exc: BaseException) -> str:
     """One-line explanation of why torch.load failed."""
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError):
+        for pattern in _REFUSED:
+            refused = pattern.search(text)
+            if refused:
+                name = refused.group(1).rstrip(".")
+                fix = "re-save it as a plain state_dict of tensors"
+                if name.startswith(("mmengine.", "mmcv.", "numpy.")):
+                    fix = ("for an mmsegmentation training checkpoint keep only its weights, where mmengine is "
+                           "installed: torch.save({'state_dict': torch.load(F, weights_only=False)['state_dict']}, G)")
+                return (f"unpickling it would call {name}, which weights-only loading refuses "
+                        f"(it could run arbitrary code); {fix}")
         match = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n\s*Check the documentation|$)", text, re.S)
         detail = " ".join((match.group(1) if match else text).split())
-        glob = re.search(r"Unsupported global: GLOBAL (\S+)", detail)
-        if glob:
-            fix = "re-save it as a plain state_dict of tensors"
-            if glob.group(1).startswith(("mmengine.", "mmcv.", "numpy.")):
-                fix = ("for an mmsegmentation training checkpoint keep only its weights, where mmengine is installed: "
-                       "torch.save({'state_dict': torch.load(F, weights_only=False)['state_dict']}, G)")
-            return (
-                f"unpickling it would call {glob.group(1)}, which weights-only loading refuses "
-                f"(it could run arbitrary code); {fix}"
-            )
         return f"not a PyTorch checkpoint, or corrupted ({detail.split('. ')[0]})"
     if isinstance(exc, EOFError):
         return "the file is empty or truncated"
@@ -58,9 +69,11 @@ def _short_reason(exc: BaseException) -> str:
 
 
 def read_checkpoint(path: PathLike) -> Any:
-    """`torch.load(path)` on the CPU, weights only; any failure becomes a one-line SkdError."""
+    """`torch.load(path)` on the CPU, weights only, after an integrity check (skd.integrity);
+    any failure becomes a one-line SkdError."""
     if not os.path.isfile(path):
         raise SkdError(f"{path}: no such file; pass the path of a .pth checkpoint")
+    verify(path)  # the zip entries' CRC-32s, which torch.load does not check
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types; all mean the same to the user
