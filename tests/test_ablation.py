@@ -82,10 +82,11 @@ def test_progress_estimates_the_time_left_from_the_runs_trained_so_far(ablation,
     progress.trained(teacher, 50.0)                          # 0.5 s a step
     assert progress.left() == pytest.approx(3 * 50 * 0.5)    # nothing else measured yet: the teacher's rate
     progress.begin("a", *jobs[1][1:])
+    assert "[2/5] a: 50 steps; " in capsys.readouterr().out
     progress.trained(plain, 10.0)                            # students: 0.2 s a step
     # b at the students' 0.2, c (adversarial, not measured) at the mean of all rates so far, d reused
     assert progress.left() == pytest.approx(50 * 0.2 + 50 * (0.5 + 0.2) / 2)
     progress.begin("b", *jobs[2][1:])
-    assert "[3/5] b: 50 steps;" in capsys.readouterr().out.splitlines()[-1]
+    assert capsys.readouterr().out.splitlines()[-1].endswith("about 28s left")  # b and c: 10 + 17.5 s
     progress.begin("done", *jobs[4][1:])
     assert "done" not in capsys.readouterr().out  # reused runs print nothing

@@ -250,7 +250,7 @@ def test_two_methods_end_to_end_through_skd_train(compare, cityscapes_dir, tmp_p
     the mIoU that its val_final.json says."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     py = [sys.executable, "-m", "skd.train"]
-    teacher = compare.train(py, tmp_path / "teacher", ["--data-dir", str(cityscapes_dir), *TINY,
+    teacher = compare.ablation.train(py, tmp_path / "teacher", ["--data-dir", str(cityscapes_dir), *TINY,
                                                        "--width-mult", "0.25", "--num-steps", "2"])
     teacher_flags = ["--teacher-ckpt", str(tmp_path / "teacher" / "final.pth"), "--teacher-arch", "resnet18",
                      "--teacher-width-mult", "0.25"]

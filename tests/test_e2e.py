@@ -273,3 +273,33 @@ def test_config_file_resolved_config_tensorboard_and_panels(data_dir, teacher_ck
     assert len(panels) == 1
     h, w = np.asarray(Image.open(panels[0])).shape[:2]
     assert w >= 5 * 96 and h > 48  # five columns (image, truth, prediction, errors, teacher) and titles
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student", [
+    ["--head", "aspp"],                                          # DeepLabV3-R18 (skd variant)
+    ["--arch", "mobilenetv2", "--width-mult", "0.5"],            # MobileNetV2-D8 PSPNet
+    ["--arch", "mobilenetv2", "--head", "aspp", "--width-mult", "0.5"],
+    ["--variant", "mmseg"],                                      # mmseg's PSPNet-R18-D8 (RGB mean/std, v1c stem)
+])
+def test_new_networks_distil_from_a_deeplabv3_teacher_end_to_end(data_dir, student, tmp_path_factory, tmp_path):
+    """Any teacher with any student: a DeepLabV3 teacher (trained here, 2 steps) into each new
+    student, with the logit terms, the pair-wise graphs and CWD on features (a connector when the
+    channels differ), then skd-eval and skd-test on the result with no architecture flag."""
+    teacher_dir = tmp_path_factory.getbasetemp() / "aspp_teacher"
+    if not (teacher_dir / "final.pth").exists():
+        run_cli("skd.train", "--data-dir", data_dir, "--snapshot-dir", teacher_dir, "--num-steps", "2", *TINY,
+                "--head", "aspp")
+    snap = tmp_path / "s"
+    flags = ["--data-dir", data_dir, "--snapshot-dir", snap, *TINY, "--num-steps", "2", "--teacher-ckpt",
+             teacher_dir / "final.pth", "--d-input-size", "64", "--cwd", "True", "--cwd-on", "feat", *student]
+    run_cli("skd.train", *flags)
+    record = next(json.loads(line) for line in (snap / "metrics.jsonl").read_text().splitlines() if "task" in line)
+    assert {"task", "pi", "pa", "ho", "cwd"} <= set(record) and all(np.isfinite(record[k]) for k in record if k != "step")
+    state = read_checkpoint(snap / "checkpoint_000002.pth")
+    net_config = state["model_config"]
+    assert all(net_config[k.lstrip("-").replace("-", "_")] == type(net_config[k.lstrip("-").replace("-", "_")])(v)
+               for k, v in zip(student[::2], student[1::2]))
+    run_cli("skd.evaluate", "--data-dir", data_dir, "--ckpt", snap / "final.pth", "--device", "cpu",
+            "--out", tmp_path / "m.json")
+    assert 0 <= json.loads((tmp_path / "m.json").read_text())["mIoU"] <= 1
