@@ -39,16 +39,17 @@ PAPER = {"baseline": 69.10, "pi": 70.51, "pi+pa": 71.78, "pi+pa+ho": 74.08}
 #   23.0 mIoU); a teacher no better than the student has nothing to distil;
 # - --lambda-pi 1 instead of 10. The original's pixel-wise term is summed over the batch
 #   (docs/reproduction.md), so at batch 8 lambda 10 weighs it 80x the task loss; from scratch in
-#   200 steps at lr 0.02 that drowns the labels: + pi reaches 18.6 (seed 0) against the baseline's
-#   23.0, while 1 (8x) lifts the student to 25.7. Pass `-- --lambda-pi 10` to see the paper's weight;
+#   200 steps at lr 0.02 that drowns the labels: + pi reaches 18.6 against the baseline's 23.9
+#   (seed 0), while 1 (8x) lifts it to 26.5 (25.7 +- 1.0 over 3 seeds). Pass `-- --lambda-pi 10`
+#   to see the paper's weight;
 # - --lambda-d 0.01 instead of 0.1: with the critic and the student both starting from scratch,
 #   0.1 costs the + pi + pa + ho row 1.4 mIoU against + pi + pa (25.7 +- 1.0 against 27.1 +- 0.3),
 #   while at 0.01 it is level with it (27.2 +- 0.4). The holistic term needs the long schedule of
 #   the paper to pay;
 # - --adv-conv-dim 16 instead of the original's 64: at 64 the critic's four convolutions, run four
-#   times a step with the gradient penalty's double backward, cost 2/3 of the demo's time at this
-#   size (0.45 s a step against 0.21), and the + ho row is the same within noise (26.9 +- 0.5 at 64,
-#   27.2 +- 0.4 at 16).
+#   times a step with the gradient penalty's double backward, more than double the + ho row's
+#   step at this size (0.45 s against 0.21 at 16), and its mIoU is the same within noise
+#   (26.9 +- 0.5 at 64, 27.2 +- 0.4 at 16).
 DEMO = {
     "synthetic": ["--num-train", "48", "--num-val", "12", "--num-test", "4", "--height", "96", "--width", "192"],
     "common": ["--input-size", "96,96", "--batch-size", "8", "--num-workers", "1", "--device", "cpu",

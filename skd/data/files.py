@@ -127,6 +127,17 @@ def mode_text(modes: Sequence[str]) -> str:
     return "an " + " or a ".join(words.get(m, m) for m in modes) + " PNG"
 
 
+def read_lines(path: Path, what: str, expected: str) -> list[str]:
+    """The lines of a text file; an SkdError naming `what` and `path` if it cannot be read or is
+    not text (`expected` says what it should hold, e.g. "one sample name per line")."""
+    try:
+        return path.read_text().splitlines()
+    except OSError as exc:
+        raise SkdError(f"{what} {path}: cannot be read ({exc.strerror}); check the path") from None
+    except UnicodeDecodeError:
+        raise SkdError(f"{what} {path}: not a text file; expected {expected}") from None
+
+
 def read_pair_list(
     data_dir: Path,
     list_path: Path,
@@ -145,12 +156,7 @@ def read_pair_list(
         exist (all of them, up to 20, in one message).
     """
     resolve = resolve or (lambda root, field: root / field)
-    try:
-        lines = list_path.read_text().splitlines()
-    except OSError as exc:
-        raise SkdError(f"list file {list_path}: cannot be read ({exc.strerror}); check the path")
-    except UnicodeDecodeError:
-        raise SkdError(f"list file {list_path}: not a text file; expected lines 'image<TAB>label'") from None
+    lines = read_lines(list_path, "list file", "lines 'image<TAB>label'")
 
     items: list[Item] = []
     missing: list[str] = []
@@ -207,12 +213,7 @@ def read_name_list(list_path: Path, what: str) -> list[str]:
         SkdError naming the file if it cannot be read or holds no names; `what` says what the
         list is for, e.g. "VOC split list".
     """
-    try:
-        lines = list_path.read_text().splitlines()
-    except OSError as exc:
-        raise SkdError(f"{what} {list_path}: cannot be read ({exc.strerror}); check the path")
-    except UnicodeDecodeError:
-        raise SkdError(f"{what} {list_path}: not a text file; expected one sample name per line") from None
+    lines = read_lines(list_path, what, "one sample name per line")
     names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not names:
         raise SkdError(f"{what} {list_path}: no entries; expected one sample name per line")
