@@ -52,6 +52,26 @@ def test_seeded_dataset_is_reproducible_and_leaves_caller_rng_alone():
     a, b = ds[(0, 42)], ds[(0, 42)]
     assert torch.equal(a, b) and not torch.equal(a, ds[(0, 43)])
     assert torch.equal(torch.rand(1), expected_next)
+    # the item's stream is the CPU generator seeded with the item's seed
+    assert torch.equal(a, torch.rand(3, generator=torch.Generator().manual_seed(42)))
+
+
+def test_seeded_dataset_leaves_the_accelerators_generators_alone(monkeypatch):
+    """Loading an item seeds the CPU generator only: a CUDA (or other device) seeding, lazy or
+    not, would reseed a GPU run's dropout with the item's seed."""
+    class One(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return torch.rand(1)
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("an accelerator generator was seeded")
+
+    for module in (torch.cuda, torch.xpu, torch.mtia):
+        monkeypatch.setattr(module, "manual_seed_all", refuse, raising=False)
+    SeededDataset(One())[(0, 7)]
 
 
 def test_poly_lr_follows_the_formula():
