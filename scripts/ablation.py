@@ -2,7 +2,7 @@
 
     python scripts/ablation.py --data-dir data/cityscapes --teacher-ckpt T.pth \
         --snapshot-root runs/ablation --seeds 0 1 2 -- --restore-from resnet18-imagenet.pth
-    python scripts/ablation.py --demo          # synthetic data, CPU, under 5 minutes
+    python scripts/ablation.py --demo          # synthetic data, CPU, about 5 minutes on 2 cores
 
 Every row is trained with the same schedule (flags after `--` go to every run), validated at
 the end (whole image, single scale, as the original), and the table (mIoU and per-class IoU,
@@ -32,7 +32,7 @@ ROWS = {
 PAPER = {"baseline": 69.10, "pi": 70.51, "pi+pa": 71.78, "pi+pa+ho": 74.08}
 
 # The demo: a small teacher and a half-width student on tiny synthetic street scenes, sized to
-# finish on a 2-core CPU in under 5 minutes (README). Four choices differ from the original's
+# finish on a 2-core CPU in about 5 minutes (README; 5m22s measured). Four choices differ from the original's
 # recipe, all forced by the short schedule or the CPU; the figures are 3-seed means measured with
 # the original's SGD critic (docs/benchmarks.md, "demo-cpu"):
 # - the teacher trains 450 steps, long enough to beat the 200-step student clearly (29.6 against
