@@ -21,6 +21,7 @@ from skd.data import (
     ADE20KDataset,
     CamVidDataset,
     FolderDataset,
+    SegmentationDataset,
     VOCDataset,
     build_dataset,
     dataset_class,
@@ -314,6 +315,8 @@ def test_ade20k_errors(tmp_path):
     _grey(ade / "annotations" / "training" / "ADE_train_00000003.png", bad)
     _one_line_error(lambda: ADE20KDataset(tmp_path, "train"), "2 mask(s) have no image",
                     "ADE_train_00000002.png", "ADE_train_00000003.png")
+    # a split folder that is not there
+    _one_line_error(lambda: ADE20KDataset(tmp_path, "val"), "no images/validation folder", "ADE20K layout")
     # an image without its mask
     _jpeg(ade / "images" / "validation" / "ADE_val_00000001.jpg")
     _one_line_error(lambda: ADE20KDataset(tmp_path, "val"), "have no label", "ADE_val_00000001.jpg")
@@ -361,6 +364,22 @@ def test_camvid_errors(tmp_path):
     _grey(camvid / "trainannot" / "0001TP_009999.png", bad)
     _one_line_error(lambda: CamVidDataset(tmp_path, "train"), "have no image", "0001TP_009999.png")
     _one_line_error(lambda: CamVidDataset(tmp_path, "val"), "no val/ folder")
+
+
+def test_a_reader_without_classes_is_refused_when_defined():
+    """A reader must name its classes (INFO, or its own describe); one that does neither fails
+    when its class is defined, not at the first run."""
+    with pytest.raises(TypeError, match="Nameless sets neither INFO nor describe"):
+        type("Nameless", (SegmentationDataset,), {"name": "nameless"})
+
+    class Described(SegmentationDataset):
+        name = "described"
+
+        @classmethod
+        def describe(cls, data_dir=None):
+            return ADE20K
+
+    assert Described.describe() is ADE20K
 
 
 # -- a folder of one's own ----------------------------------------------------------------------

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skd.data.base import SegmentationDataset, Transform, pair_folders, resolve_root
-from skd.data.files import Item, read_pair_list
+from skd.data.base import PairedFolderDataset
 from skd.data.info import (
     DatasetInfo,
     Recipe,
@@ -22,7 +21,6 @@ from skd.data.info import (
     file_palette,
     write_palette_prediction,
 )
-from skd.errors import SkdError
 
 # open-mmlab/mmsegmentation, mmseg/datasets/ade.py, METAINFO classes (file value = index + 1).
 ADE20K_CLASSES = (
@@ -111,7 +109,7 @@ ADE20K = DatasetInfo(
 )
 
 
-class ADE20KDataset(SegmentationDataset):
+class ADE20KDataset(PairedFolderDataset):
     """ADE20K images and train-id labels (150 classes; mask value 0 ignored).
 
     Args:
@@ -128,32 +126,13 @@ class ADE20KDataset(SegmentationDataset):
     INFO = ADE20K
     missing_label_fix = "extract annotations/ too, or predict the split without labels"
 
-    def __init__(
-        self,
-        data_dir: str | Path,
-        split: str = "train",
-        list_path: str | Path | None = None,
-        transform: Transform | None = None,
-        has_labels: bool = True,
-    ) -> None:
-        self.data_dir = Path(data_dir)
-        self.split = split
-        self.info = ADE20K
-        root = resolve_root(self.data_dir, "images", ("ADEChallengeData2016",), ADE20K.title,
-                            _LAYOUT)
-        if list_path is not None:
-            items = read_pair_list(root, Path(list_path))
-            source = f"list file {list_path}"
-        else:
-            ADE20K.split_has_labels(split)
-            items = self._scan(root, SPLIT_FOLDERS[split], has_labels)
-            source = f"--data-dir {self.data_dir} split {split}"
-        self._finish(items, source, transform, has_labels)
+    ROOT_MARKER = "images"
+    ROOT_NESTED = ("ADEChallengeData2016",)
+    LAYOUT = _LAYOUT
+    IMAGE_SUFFIX = ".jpg"
 
-    def _scan(self, root: Path, folder: str, has_labels: bool) -> list[Item]:
-        image_dir, mask_dir = root / "images" / folder, root / "annotations" / folder
-        if not image_dir.is_dir():
-            raise SkdError(f"--data-dir {self.data_dir}: no images/{folder} folder; expected "
-                           f"the ADE20K layout ({_LAYOUT})")
-        return pair_folders(image_dir, mask_dir, ".jpg",
-                            f"--data-dir {self.data_dir} split {self.split}", has_labels)
+    @classmethod
+    def folders(cls, root: Path, split: str) -> tuple[Path, Path, str]:
+        folder = SPLIT_FOLDERS[split]
+        return (root / "images" / folder, root / "annotations" / folder,
+                f"no images/{folder} folder; expected the ADE20K layout ({_LAYOUT})")

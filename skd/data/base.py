@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from skd.data.files import DataFileError, Item, header, read_image, read_mask, summarize
+from skd.data.files import DataFileError, Item, header, read_image, read_mask, read_pair_list, summarize
 from skd.data.info import IGNORE_INDEX, DatasetInfo
 from skd.errors import SkdError
 
@@ -61,12 +61,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
     has_labels: bool
     transform: Transform
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # A reader names its classes one way or the other; checked when the class is defined.
+        own_describe = cls.describe.__func__ is not SegmentationDataset.describe.__func__
+        if "name" in cls.__dict__ and cls.INFO is None and not own_describe:
+            raise TypeError(f"{cls.__name__} sets neither INFO nor describe")
+
     @classmethod
     def describe(cls, data_dir: str | Path | None = None) -> DatasetInfo:
         """The dataset's DatasetInfo; `data_dir` matters only where the classes are read from
         the data (the folder dataset overrides this)."""
-        if cls.INFO is None:
-            raise NotImplementedError(f"{cls.__name__} sets neither INFO nor describe")
         return cls.INFO
 
     def _finish(self, items: list[Item], source: str, transform: Transform | None,
@@ -154,6 +159,49 @@ class SegmentationDataset(torch.utils.data.Dataset):
             )
         logger.info("checked %d items under %s: all readable", len(items), self.data_dir)
         return len(items)
+
+
+class PairedFolderDataset(SegmentationDataset):
+    """A reader whose split is a folder of images beside a folder of same-stem PNG masks
+    (ADE20K, CamVid), or a list file of `image label` pairs.
+
+    Subclasses set `INFO`, `ROOT_MARKER` and `ROOT_NESTED` (how `resolve_root` finds the
+    dataset root), `LAYOUT` (for the errors), `IMAGE_SUFFIX`, optionally `resolve_listed`
+    (a staticmethod: how a list file's field becomes a path, see `read_pair_list`), and the
+    classmethod `folders(root, split)`: (image folder, mask folder, the error text when the
+    image folder is missing).
+    """
+
+    INFO: ClassVar[DatasetInfo]
+    ROOT_MARKER: ClassVar[str]
+    ROOT_NESTED: ClassVar[tuple[str, ...]]
+    LAYOUT: ClassVar[str]
+    IMAGE_SUFFIX: ClassVar[str]
+    resolve_listed: ClassVar[Callable[[Path, str], Path] | None] = None
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str = "train",
+        list_path: str | Path | None = None,
+        transform: Transform | None = None,
+        has_labels: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.split = split
+        self.info = self.INFO
+        root = resolve_root(self.data_dir, self.ROOT_MARKER, self.ROOT_NESTED, self.INFO.title, self.LAYOUT)
+        if list_path is not None:
+            items = read_pair_list(root, Path(list_path), self.resolve_listed)
+            source = f"list file {list_path}"
+        else:
+            self.INFO.split_has_labels(split)
+            source = f"--data-dir {self.data_dir} split {split}"
+            image_dir, mask_dir, missing = self.folders(root, split)
+            if not image_dir.is_dir():
+                raise SkdError(f"--data-dir {self.data_dir}: {missing}")
+            items = pair_folders(image_dir, mask_dir, self.IMAGE_SUFFIX, source, has_labels)
+        self._finish(items, source, transform, has_labels)
 
 
 def resolve_root(data_dir: Path, marker: str, nested: tuple[str, ...], title: str,

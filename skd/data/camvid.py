@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skd.data.base import SegmentationDataset, Transform, pair_folders, resolve_root
-from skd.data.files import Item, read_pair_list
+from skd.data.base import PairedFolderDataset
 from skd.data.info import (
     DatasetInfo,
     Recipe,
@@ -21,7 +20,6 @@ from skd.data.info import (
     file_palette,
     write_palette_prediction,
 )
-from skd.errors import SkdError
 
 # alexgkendall/SegNet-Tutorial, Scripts/test_segmentation_camvid.py, lines 48-62: the class
 # colours and their order in `label_colours` (Road_marking is defined there but not a class).
@@ -76,7 +74,7 @@ def _resolve(root: Path, field: str) -> Path:
     return root.joinpath(*Path(field).parts[-2:])
 
 
-class CamVidDataset(SegmentationDataset):
+class CamVidDataset(PairedFolderDataset):
     """CamVid images and train-id labels (11 classes; void 11 ignored).
 
     Args:
@@ -93,31 +91,13 @@ class CamVidDataset(SegmentationDataset):
     INFO = CAMVID
     missing_label_fix = "extract the <split>annot/ folder, or predict the split without labels"
 
-    def __init__(
-        self,
-        data_dir: str | Path,
-        split: str = "train",
-        list_path: str | Path | None = None,
-        transform: Transform | None = None,
-        has_labels: bool = True,
-    ) -> None:
-        self.data_dir = Path(data_dir)
-        self.split = split
-        self.info = CAMVID
-        root = resolve_root(self.data_dir, "trainannot", ("CamVid",), CAMVID.title, _LAYOUT)
-        if list_path is not None:
-            items = read_pair_list(root, Path(list_path), _resolve)
-            source = f"list file {list_path}"
-        else:
-            CAMVID.split_has_labels(split)
-            items = self._scan(root, split, has_labels)
-            source = f"--data-dir {self.data_dir} split {split}"
-        self._finish(items, source, transform, has_labels)
+    ROOT_MARKER = "trainannot"
+    ROOT_NESTED = ("CamVid",)
+    LAYOUT = _LAYOUT
+    IMAGE_SUFFIX = ".png"
+    resolve_listed = staticmethod(_resolve)
 
-    def _scan(self, root: Path, split: str, has_labels: bool) -> list[Item]:
-        image_dir, mask_dir = root / split, root / f"{split}annot"
-        if not image_dir.is_dir():
-            raise SkdError(f"--data-dir {self.data_dir}: no {split}/ folder next to "
-                           f"{split}annot/; expected the CamVid layout ({_LAYOUT})")
-        return pair_folders(image_dir, mask_dir, ".png",
-                            f"--data-dir {self.data_dir} split {split}", has_labels)
+    @classmethod
+    def folders(cls, root: Path, split: str) -> tuple[Path, Path, str]:
+        return (root / split, root / f"{split}annot",
+                f"no {split}/ folder next to {split}annot/; expected the CamVid layout ({_LAYOUT})")
