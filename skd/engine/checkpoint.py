@@ -25,7 +25,7 @@ import torch
 
 from skd.errors import SkdError
 from skd.models import check_model_config
-from skd.io import atomic_writer, stale_temp_files, write_failure  # noqa: F401  (write_failure: re-exported)
+from skd.io import atomic_writer, stale_temp_files
 from skd.models.checkpoint import fit_problems, raise_if_unfit, read_checkpoint
 
 log = logging.getLogger(__name__)

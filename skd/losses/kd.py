@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from skd.losses.common import check_same_shape, upcast
 
