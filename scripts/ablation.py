@@ -46,10 +46,10 @@ PAPER = {"baseline": 69.10, "pi": 70.51, "pi+pa": 71.78, "pi+pa+ho": 74.08}
 #   0.1 costs the + pi + pa + ho row 1.4 mIoU against + pi + pa (25.7 +- 1.0 against 27.1 +- 0.3),
 #   while at 0.01 it is level with it (27.2 +- 0.4). The holistic term needs the long schedule of
 #   the paper to pay;
-# - --adv-conv-dim 16 instead of the original's 64: at 64 the critic's four convolutions, run four
-#   times a step with the gradient penalty's double backward, more than double the + ho row's
-#   step at this size (0.45 s against 0.21 at 16), and its mIoU is the same within noise
-#   (26.9 +- 0.5 at 64, 27.2 +- 0.4 at 16).
+# - --adv-conv-dim 16 instead of the original's 64 (SKD utils/train_options.py line 54): at 64
+#   the critic's four convolutions, run four times a step with the gradient penalty's double
+#   backward, more than double the + ho row's step at this size (0.45 s against 0.21 at 16),
+#   and its mIoU is the same within noise (26.9 +- 0.5 at 64, 27.2 +- 0.4 at 16).
 DEMO = {
     "synthetic": ["--num-train", "48", "--num-val", "12", "--num-test", "4", "--height", "96", "--width", "192"],
     "common": ["--input-size", "96,96", "--batch-size", "8", "--num-workers", "1", "--device", "cpu",
