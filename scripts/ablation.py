@@ -20,6 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from skd.errors import cli
+from skd.io import write_text_atomic
+
 ROWS = {
     "baseline": ("baseline", []),
     "pi": ("+ pi", ["--pi", "True", "--pa", "False", "--ho", "False"]),
@@ -140,7 +143,7 @@ def train(launch: list[str], snapshot: Path, flags: list[str], progress: Progres
         progress.begin(label or snapshot.name, snapshot, flags)
     if not result.exists():
         snapshot.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(flags))
+        write_text_atomic(record, json.dumps(flags))
         t0 = time.time()
         run(launch + flags + ["--snapshot-dir", str(snapshot), "--resume", "auto"])
         if progress is not None:
@@ -236,7 +239,7 @@ def demo(args) -> None:
 def write_markdown(out: Path, text: str) -> None:
     """Write `text` to `out` (its folder made) and print it."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_text_atomic(out, text)
     print("\n" + text)
     print(f"written to {out}")
 
@@ -310,4 +313,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli(main)())

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from skd.io import write_text_atomic
+
 # SKD_BENCH_MD redirects the page, e.g. to a copy under $OUT when a benchmark runs on a lent GPU.
 BENCH_MD = Path(os.environ.get("SKD_BENCH_MD", Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
 HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun it to refresh the figures.\n"
@@ -57,7 +59,7 @@ def write_section(name: str, body: str, path: Path = BENCH_MD) -> None:
     text = path.read_text() if path.exists() else HEADER
     pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    write_text_atomic(path, text)
 
 
 def spawn_child(script: str, case: dict) -> dict:

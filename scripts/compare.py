@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation  # noqa: E402  (scripts/ is not a package)
 from ablation import DEMO, cell  # noqa: E402
+from skd.errors import cli  # noqa: E402
 
 # The real-data schedule: the CWD paper's settings as issue #17 gives them (batch 8, 40k steps,
 # 512x512 crops, lr 0.01), which TorchDistiller SemSeg-distill (the CWD authors' code) and the
@@ -242,4 +243,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli(main)())

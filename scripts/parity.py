@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from ablation import DEMO, run, train  # noqa: E402
 from bench_report import command, machine, write_section  # noqa: E402
+from skd.errors import cli  # noqa: E402
+from skd.io import write_text_atomic  # noqa: E402
 
 # The same settings as scripts/benchmark.py, as skd-train flags.
 SETTING_FLAGS = {
@@ -92,7 +94,7 @@ def timed_train(launch: list[str], snapshot: Path, flags: list[str]) -> tuple[di
     start = time.perf_counter()
     summary = train(launch, snapshot, flags)
     if not done:
-        timing.write_text(json.dumps({"wall_s": time.perf_counter() - start}))
+        write_text_atomic(timing, json.dumps({"wall_s": time.perf_counter() - start}))
     seconds = json.loads(timing.read_text())["wall_s"] if timing.exists() else None
     return summary, seconds
 
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     out_json = args.json or Path(os.environ.get("OUT") or tempfile.gettempdir()) / f"parity_{args.device}.json"
     body, record = report(results, seconds, args.seeds, teacher, args.device, out_json.name)
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps({
+    write_text_atomic(out_json, json.dumps({
         "date": datetime.date.today().isoformat(), "machine": machine(), "command": command(),
         "device": args.device, "seeds": args.seeds, "settings": SETTING_FLAGS, "config": cfg,
         "teacher_miou": teacher["mIoU"], "train_seconds": seconds, "wall_s": time.perf_counter() - started,
@@ -184,4 +186,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli(main)())

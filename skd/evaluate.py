@@ -17,8 +17,8 @@ from skd.data.registry import build_dataset
 from skd.engine.build import CheckedDataset, network_from_args
 from skd.engine.distributed import cleanup, init_distributed, main_decides
 from skd.engine.evaluate import Inference, evaluate, predict
-from skd.engine.runtime import RecoveringCompile, autocast_factory, cli, configure_numerics, setup_logging
-from skd.errors import SkdError
+from skd.engine.runtime import RecoveringCompile, autocast_factory, configure_numerics, setup_logging
+from skd.errors import SkdError, cli
 from skd.io import write_text_atomic
 from skd.metrics import format_table
 from skd.models import load_model

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from skd.engine.build import network_from_args
-from skd.engine.runtime import cli, setup_logging
-from skd.errors import SkdError
+from skd.engine.runtime import setup_logging
+from skd.errors import SkdError, cli
 from skd.models import SegmentationNet
 from skd.models.convention import InputSpec
 from skd.options import add_model_args, size_pair, str2bool

@@ -29,8 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from skd.engine.runtime import cli
-from skd.errors import SkdError
+from skd.errors import SkdError, cli
 
 # Keys of a training record that are not loss terms.
 NON_TERMS = ("step", "loss", "lr_g", "lr_d", "sec_per_step", "skipped", "val")

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from skd.engine.distributed import barrier, cleanup, init_distributed
 from skd.engine.evaluate import predict
-from skd.engine.runtime import cli, configure_numerics, setup_logging
+from skd.engine.runtime import configure_numerics, setup_logging
+from skd.errors import cli
 from skd.evaluate import build_model, inference_of, inference_set, panel_writer
 from skd.options import check_writable_dir, resolve_dataset, test_parser
 

@@ -42,8 +42,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from skd.engine.runtime import cli, setup_logging
-from skd.errors import SkdError
+from skd.engine.runtime import setup_logging
+from skd.errors import SkdError, cli
 from skd.export import DeployNet, add_network_args, build_network, deploy_parameters
 from skd.models import SegmentationNet, build_model
 from skd.options import size_pair

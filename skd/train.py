@@ -26,10 +26,10 @@ from skd.engine.build import (CheckedDataset, build_train_loader, build_train_se
 from skd.engine.distributed import (DistInfo, agree_max, all_reduce_mean, cleanup, gather_to_main,
                                     init_distributed, main_decides)
 from skd.engine.evaluate import Inference, evaluate
-from skd.engine.runtime import (StopSignals, autocast_factory, cli, configure_numerics, seed_everything,
+from skd.engine.runtime import (StopSignals, autocast_factory, configure_numerics, seed_everything,
                                 setup_logging, signal_name, stop_signals_blocked)
 from skd.engine.steps import NonFiniteLoss, StepConfig, StepResult, Training, train_step
-from skd.errors import SkdError
+from skd.errors import SkdError, cli
 from skd.integrity import fingerprint
 from skd.io import append_line, write_text_atomic
 from skd.metrics import format_table

@@ -1,9 +1,10 @@
 """What many tests share: one tiny Cityscapes-layout dataset, one tiny-model factory, the
 training flags as skd-train parses them, and a tiny training bundle built from those flags.
-Also `load_script`, to import a file of scripts/ (not a package) as a module."""
+Also `load_script`, to import a file of scripts/ (not a package) as a module, and `bin_dir`."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -11,6 +12,19 @@ import pytest
 import torch
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+@pytest.fixture
+def bin_dir(tmp_path):
+    """A folder to put first on PATH, holding a `python` that runs this interpreter with its
+    virtual environment, as the venv's bin/python does (a symlink to the interpreter elsewhere
+    starts the base interpreter, without the installed skd). Tests add their stand-ins."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    shim = folder / "python"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    shim.chmod(0o755)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -90,3 +90,35 @@ def test_progress_estimates_the_time_left_from_the_runs_trained_so_far(ablation,
     assert capsys.readouterr().out.splitlines()[-1].endswith("about 28s left")  # b and c: 10 + 17.5 s
     progress.begin("done", *jobs[4][1:])
     assert "done" not in capsys.readouterr().out  # reused runs print nothing
+
+
+def test_a_table_that_cannot_be_written_is_one_line_and_exit_2(ablation, tmp_path, monkeypatch):
+    """The runner on a full disk (/dev/full as --out): after the runs, one line naming the file,
+    exit 2, no traceback; and a table already on disk keeps its old content when the new one
+    cannot be written (it is written atomically)."""
+    import errno
+    import subprocess
+
+    import skd.io
+    from skd.errors import SkdError
+
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    cmd = [sys.executable, str(Path(ablation.__file__)), "--data-dir", str(tmp_path / "data"), "--teacher-ckpt",
+           "t.pth", "--snapshot-root", str(tmp_path / "runs"), "--rows", "baseline", "--seeds", "0",
+           "--launch", f"{sys.executable} {fake}", "--out", "/dev/full"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "could not write /dev/full" in proc.stderr
+    table = tmp_path / "table.md"
+    table.write_text("old\n")
+
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(skd.io.os, "replace", full)
+    with pytest.raises(SkdError, match="could not write .*table.md"):
+        ablation.write_markdown(table, "new\n")
+    # the old table, and no temporary file left beside it
+    assert table.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake_train.py", "runs", "table.md"]

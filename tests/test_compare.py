@@ -214,15 +214,12 @@ def test_cli_passes_the_cwd_schedule_then_the_users_flags_and_writes_the_tables(
             "0.01 <the row's flags> [the teacher] --num-steps 3 --seed N`") in text
 
 
-def test_run_train_val_compare_launches_through_torchrun(tmp_path):
+def test_run_train_val_compare_launches_through_torchrun(tmp_path, bin_dir):
     """GPUS=2: every run goes through `torchrun --nproc_per_node=2 -m skd.train` (a stand-in that
     trains nothing) with run_train_val.sh's data, schedule and synchronised norms."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     torchrun = bin_dir / "torchrun"
     torchrun.write_text(f"#!{sys.executable}\n" + FAKE_TRAIN)
     torchrun.chmod(0o755)
-    (bin_dir / "python").symlink_to(sys.executable)
     root = tmp_path / "runs"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DATA_DIR": str(tmp_path / "data"),
            "RESTORE_FROM": "none", "GPUS": "2", "SNAPSHOT_DIR": str(root), "TEACHER_CKPT": "t.pth"}

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from skd.engine import checkpoint as ckpt
-from skd.engine.runtime import cli
+from skd.errors import cli
 from skd.engine.steps import NonFiniteLoss, train_step
 from skd.errors import SkdError
 from skd.models import Discriminator

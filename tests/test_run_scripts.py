@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def launch(tmp_path):
+def launch(tmp_path, bin_dir):
     """launch(*args, **env) -> (returncode, the launched command's argv or None, stderr)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     shim = bin_dir / "torchrun"
     shim.write_text("#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done\n")
     shim.chmod(0o755)
-    (bin_dir / "python").symlink_to(sys.executable)
     weights = tmp_path / "resnet18-imagenet.pth"
     weights.write_bytes(b"x")
 

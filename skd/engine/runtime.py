@@ -10,7 +10,6 @@ import logging
 import multiprocessing
 import os
 import random
-import re
 import shutil
 import signal
 import sys
@@ -20,7 +19,6 @@ from collections.abc import Callable
 
 import torch
 
-from skd.errors import SkdError
 
 
 def setup_logging(is_main: bool = True) -> None:
@@ -58,37 +56,6 @@ def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.
         return contextlib.nullcontext
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
-
-
-def cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
-    """Wrap an entry point: SkdError prints `skd: error: <message>` and exits with status 2."""
-    @functools.wraps(main)
-    def wrapped(argv: list[str] | None = None) -> int:
-        try:
-            return main(argv) or 0
-        except SkdError as e:
-            print(f"skd: error: {one_line_message(e)}", file=sys.stderr)
-            return 2
-    return wrapped
-
-
-# How a DataLoader worker (or pin-memory thread) error comes back to the main process:
-# type(exc)("Caught <Type> in DataLoader worker process N.\nOriginal Traceback ...\n<module.Type>: <msg>")
-_WORKER_WRAPPED = re.compile(r"Caught \w+ in .+?\.\nOriginal Traceback \(most recent call last\):\n")
-
-
-def one_line_message(exc: BaseException) -> str:
-    """The message of `exc`, unwrapped when PyTorch's DataLoader re-raised it from a worker with
-    the worker's traceback: then the original message, the text after `<module>.<Type>: ` in the
-    traceback's last entry."""
-    text = str(exc)
-    if not _WORKER_WRAPPED.match(text):
-        return text
-    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
-    if prefix in text:
-        return text.rsplit(prefix, 1)[1].strip()
-    last = text.strip().splitlines()[-1]
-    return re.sub(r"^[\w.]+: ", "", last)
 
 
 # --- signals ------------------------------------------------------------------------------------
