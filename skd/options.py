@@ -152,6 +152,10 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
                 "mixed precision with torch.amp (losses stay float32); default off"),
          switch("--channels-last", False, "use channels-last memory format"),
          switch("--compile", False, "torch.compile the network forwards"),
+         Flag("--threads", number(int, 0, 1024), 0,
+              "torch CPU threads of this process (default 0: torch's choice, one per core). A CPU run's "
+              "sums are split over the threads, so its figures depend on the count in the last digits; "
+              "the demo runs with 1, the same on every machine, two runs side by side on 2 cores"),
          switch("--tf32", False, "let float32 convolutions and matmuls run as TF32 on GPUs that have it "
                                  "(PyTorch's own default for convolutions); default False: true float32, "
                                  "the numerics of the original (pre-TF32 GPUs)"))
@@ -383,6 +387,7 @@ RESUME_SAFE = {
     "channels_last": "the same steps in another memory layout, not bit for bit",
     "amp": "the same steps at another precision, not bit for bit",
     "tf32": "the same steps at another matmul precision, not bit for bit",
+    "threads": "the same steps over another number of CPU threads, not bit for bit",
     "deterministic": "the same steps with other kernels, not bit for bit",
     "restore_norm_weight": "read only when a run starts; a resumed run continues from the checkpoint",
     "tensorboard": "TensorBoard events beside metrics.jsonl",

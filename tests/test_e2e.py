@@ -303,3 +303,17 @@ def test_new_networks_distil_from_a_deeplabv3_teacher_end_to_end(data_dir, stude
     run_cli("skd.evaluate", "--data-dir", data_dir, "--ckpt", snap / "final.pth", "--device", "cpu",
             "--out", tmp_path / "m.json")
     assert 0 <= json.loads((tmp_path / "m.json").read_text())["mIoU"] <= 1
+
+
+def test_threads_flag_sets_torch_threads_in_train_and_eval(data_dir, teacher_ckpt, tmp_path):
+    """--threads reaches torch in skd-train and skd-eval (logged); 0 leaves torch's own count
+    (the tests' OMP_NUM_THREADS=1)."""
+    proc = run_cli("skd.train", "--data-dir", data_dir, "--snapshot-dir", tmp_path / "run", "--num-steps", "1",
+                   "--threads", "2", *TINY)
+    assert "torch CPU threads: 2\n" in proc.stdout
+    proc = run_cli("skd.evaluate", "--data-dir", data_dir, "--ckpt", teacher_ckpt, "--device", "cpu",
+                   "--out", tmp_path / "miou.json")
+    assert "torch CPU threads: 1 (torch's choice; --threads sets it)" in proc.stdout
+    proc = run_cli("skd.train", "--data-dir", data_dir, "--snapshot-dir", tmp_path / "bad", "--threads", "-1",
+                   *TINY, check=False)
+    assert proc.returncode == 2 and "--threads" in proc.stderr

@@ -50,6 +50,17 @@ def configure_numerics(tf32: bool) -> None:
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
 
 
+def configure_threads(threads: int) -> None:
+    """--threads: torch's intra-op CPU threads for this process; 0 leaves torch's choice (one per
+    core). A CPU run's float sums are split across the threads, so its figures depend on the
+    count in the last digits; a fixed count makes them the same on machines with other core
+    counts, and lets several one-thread runs share a machine without slowing each other down."""
+    if threads:
+        torch.set_num_threads(threads)
+    logging.getLogger("skd.runtime").info("torch CPU threads: %d%s", torch.get_num_threads(),
+                                          "" if threads else " (torch's choice; --threads sets it)")
+
+
 def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A zero-argument context-manager factory: torch.amp.autocast for --amp bf16/fp16, else a no-op."""
     if amp == "off":
