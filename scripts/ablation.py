@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -55,10 +56,12 @@ PAPER = {"baseline": 69.10, "pi": 70.51, "pi+pa": 71.78, "pi+pa+ho": 74.08}
 #   and its mIoU is the same within noise (26.9 +- 0.5 at 64, 27.2 +- 0.4 at 16).
 DEMO = {
     "synthetic": ["--num-train", "48", "--num-val", "12", "--num-test", "4", "--height", "96", "--width", "192"],
-    "common": ["--input-size", "96,96", "--batch-size", "8", "--num-workers", "1", "--device", "cpu",
-               "--eval-every", "0", "--save-every", "1000", "--log-every", "50", "--progress", "False"],
-    "teacher": ["--arch", "resnet18", "--width-mult", "0.5", "--num-steps", "450", "--lr-g", "0.02"],
-    "student": ["--arch", "resnet18", "--width-mult", "0.25", "--num-steps", "200", "--lr-g", "0.02",
+    "common": ["--input-size", "96,96", "--batch-size", "8", "--num-workers", "0", "--device", "cpu",
+               "--eval-every", "0", "--save-every", "1000", "--log-every", "50", "--progress", "False",
+               "--threads", "1"],
+    "teacher": ["--arch", "resnet18", "--width-mult", "0.5", "--num-steps", "450", "--lr-g", "0.02",
+                "--batch-size", "4", "--threads", "2"],
+    "student": ["--arch", "resnet18", "--width-mult", "0.25", "--num-steps", "150", "--lr-g", "0.02",
                 "--d-input-size", "64", "--lambda-pi", "1", "--lambda-d", "0.01", "--adv-conv-dim", "16"],
     "teacher_arch": ["--teacher-arch", "resnet18", "--teacher-width-mult", "0.5"],
 }
@@ -81,12 +84,14 @@ class Progress:
     """Where a sequence of runs stands, printed before each: `[k/n] label: N steps; 1m20s so far,
     about 3m10s left`. The time left is the steps still to train times the seconds per step
     measured on the runs trained so far (the teacher, the students with the adversarial term and
-    the others kept apart, as their steps cost differently); finished runs that are reused cost
-    nothing and are not counted."""
+    the others kept apart, as their steps cost differently), each run's share of the `cores`
+    (its --threads) counted, as runs go side by side (see `run_jobs`); finished runs that are
+    reused cost nothing and are not counted."""
 
-    def __init__(self, jobs: list[tuple[str, Path, list[str]]]):
+    def __init__(self, jobs: list[tuple[str, Path, list[str]]], cores: int = 1):
         self.jobs = jobs
-        self.next = 0
+        self.cores = cores
+        self.started: set[Path] = set()
         self.start = time.time()
         self.rates: dict[str, list[float]] = {}
 
@@ -104,27 +109,51 @@ class Progress:
         every = [r for rates in self.rates.values() for r in rates]
         if not every:
             return None
-        todo = [(self.kind(f), self.steps(f)) for _, snap, f in self.jobs[self.next:]
-                if not (snap / "val_final.json").exists()]  # from the run about to start
-        return sum(n * statistics.mean(self.rates.get(k, every)) for k, n in todo)
+        todo = [(self.kind(f), self.steps(f), cores_of(f, self.cores)) for _, snap, f in self.jobs
+                if snap not in self.started and not (snap / "val_final.json").exists()]  # the run about to start too
+        return sum(n * statistics.mean(self.rates.get(k, every)) * c / self.cores for k, n, c in todo)
 
     def begin(self, label: str, snapshot: Path, flags: list[str]) -> None:
         if (snapshot / "val_final.json").exists():
-            self.next += 1
+            self.started.add(snapshot)
             return
         left = self.left()  # this run included
-        self.next += 1
+        self.started.add(snapshot)
         eta = f", about {_clock(left)} left" if left is not None else ""
-        print(f"[{self.next}/{len(self.jobs)}] {label}: {self.steps(flags)} steps; {_clock(time.time() - self.start)} "
-              f"so far{eta}", flush=True)
+        print(f"[{len(self.started)}/{len(self.jobs)}] {label}: {self.steps(flags)} steps; "
+              f"{_clock(time.time() - self.start)} so far{eta}", flush=True)
 
     def trained(self, flags: list[str], seconds: float) -> None:
         self.rates.setdefault(self.kind(flags), []).append(seconds / self.steps(flags))
 
 
+def cores_of(flags: list[str], cores: int) -> int:
+    """The cores a run takes of `cores`: its --threads, or all of them (0, torch's choice)."""
+    return min(cores, int(last_value(flags, "--threads", "0")) or cores)
+
+
 def _clock(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _prepare(snapshot: Path, flags: list[str]) -> bool:
+    """Whether the run in `snapshot` must be trained (False: finished with these flags). A
+    finished or interrupted run there is reused or resumed only when it was started with the same
+    flags (kept in ablation_flags.json); otherwise this stops rather than mix runs."""
+    record = snapshot / "ablation_flags.json"
+    if record.exists() and json.loads(record.read_text()) != flags:
+        raise SystemExit(f"ablation: {snapshot} holds a run with other flags; remove it or pass another "
+                         "--snapshot-root")
+    if (snapshot / "val_final.json").exists():
+        return False
+    snapshot.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(record, json.dumps(flags))
+    return True
+
+
+def _command(launch: list[str], snapshot: Path, flags: list[str]) -> list[str]:
+    return launch + flags + ["--snapshot-dir", str(snapshot), "--resume", "auto"]
 
 
 def train(launch: list[str], snapshot: Path, flags: list[str], progress: Progress | None = None,
@@ -134,29 +163,86 @@ def train(launch: list[str], snapshot: Path, flags: list[str], progress: Progres
     A finished or interrupted run in `snapshot` is reused or resumed only when it was started
     with the same flags (kept in ablation_flags.json); otherwise this stops rather than mix runs.
     """
-    result = snapshot / "val_final.json"
-    record = snapshot / "ablation_flags.json"
-    if record.exists() and json.loads(record.read_text()) != flags:
-        raise SystemExit(f"ablation: {snapshot} holds a run with other flags; remove it or pass another "
-                         "--snapshot-root")
+    todo = _prepare(snapshot, flags)
     if progress is not None:
         progress.begin(label or snapshot.name, snapshot, flags)
-    if not result.exists():
-        snapshot.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(record, json.dumps(flags))
+    if todo:
         t0 = time.time()
-        run(launch + flags + ["--snapshot-dir", str(snapshot), "--resume", "auto"])
+        run(_command(launch, snapshot, flags))
         if progress is not None:
             progress.trained(flags, time.time() - t0)
-    return json.loads(result.read_text())
+    return json.loads((snapshot / "val_final.json").read_text())
+
+
+LOG_NAME = "runner.log"
 
 
 def run_jobs(launch: list[str], jobs: list[tuple[str, Path, list[str]]],
-             progress: Progress | None = None) -> list[dict]:
-    """Train (or reuse) each (label, snapshot, flags) job in order, printing the progress;
-    their final validation summaries."""
-    progress = progress or Progress(jobs)
-    return [train(launch, snapshot, flags, progress, label) for label, snapshot, flags in jobs]
+             progress: Progress | None = None, cores: int = 1) -> list[dict]:
+    """Train (or reuse) each (label, snapshot, flags) job, printing the progress; their final
+    validation summaries, in the jobs' order.
+
+    cores > 1: runs go side by side on that many CPU cores, each taking its --threads of them
+    (a run without --threads, torch's choice, takes them all), in the jobs' order, except that a
+    job reading a checkpoint another job writes (--teacher-ckpt <its snapshot>/final.pth) waits
+    until that job has finished. Each run's output then goes to <snapshot>/runner.log, and a
+    line is printed as it ends. A failed run starts no new ones: the running ones finish (a
+    cut-off one resumes later from its checkpoints), the end of the failed run's log is printed
+    and the runner stops. A run's figures depend on its --threads, never on `cores`.
+    """
+    progress = progress or Progress(jobs, cores)
+    if cores <= 1:
+        return [train(launch, snapshot, flags, progress, label) for label, snapshot, flags in jobs]
+    writes = {str(snapshot / "final.pth"): i for i, (_, snapshot, _) in enumerate(jobs)}
+    needs = [{writes[v] for f, v in zip(flags, flags[1:]) if f == "--teacher-ckpt" and v in writes}
+             for _, _, flags in jobs]
+    waiting, running, done = list(range(len(jobs))), {}, set()
+    failed: tuple[int, int] | None = None
+    try:
+        while waiting or running:
+            while failed is None:
+                free = cores - sum(cores_of(jobs[i][2], cores) for i in running)
+                ready = next((i for i in waiting if needs[i] <= done), None)
+                if ready is None or (running and cores_of(jobs[ready][2], cores) > free):
+                    break
+                waiting.remove(ready)
+                label, snapshot, flags = jobs[ready]
+                todo = _prepare(snapshot, flags)
+                progress.begin(label, snapshot, flags)
+                if not todo:
+                    done.add(ready)
+                    continue
+                with open(snapshot / LOG_NAME, "ab") as log:
+                    proc = subprocess.Popen(_command(launch, snapshot, flags), stdout=log, stderr=subprocess.STDOUT)
+                running[ready] = (proc, time.time())
+            if not running:
+                break  # after a failure: nothing left running
+            time.sleep(0.2)
+            for i, (proc, t0) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[i]
+                label, snapshot, flags = jobs[i]
+                if proc.returncode != 0:
+                    failed = failed or (i, proc.returncode)
+                    print(f"failed: {label} (status {proc.returncode}); log: {snapshot / LOG_NAME}", flush=True)
+                    continue
+                progress.trained(flags, time.time() - t0)
+                done.add(i)
+                miou = json.loads((snapshot / "val_final.json").read_text())["mIoU"]
+                print(f"      {label}: done in {_clock(time.time() - t0)}, mIoU {100 * miou:.2f}", flush=True)
+    except KeyboardInterrupt:  # the runs got the same signal: let them save their checkpoints
+        for proc, _ in running.values():
+            proc.wait()
+        raise
+    if failed is not None:
+        i, status = failed
+        log = jobs[i][1] / LOG_NAME
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        print("\n".join(f"  | {line}" for line in tail), flush=True)
+        raise SystemExit(f"ablation: a run failed with status {status}: {' '.join(_command(launch, *jobs[i][1:])[:4])} "
+                         f"...; its log: {log}")
+    return [json.loads((snapshot / "val_final.json").read_text()) for _, snapshot, _ in jobs]
 
 
 def cell(values: list[float]) -> str:
@@ -197,11 +283,18 @@ def ablation_jobs(data_dir: Path, teacher_flags: list[str], root: Path, rows: li
 
 
 def ablation(launch: list[str], data_dir: Path, teacher_flags: list[str], root: Path, rows: list[str],
-             seeds: list[int], extra: list[str], progress: Progress | None = None) -> dict[str, list[dict]]:
-    """Train every row with every seed (finished runs reused, cut-off ones resumed); their final
-    validation summaries by row."""
-    summaries = iter(run_jobs(launch, ablation_jobs(data_dir, teacher_flags, root, rows, seeds, extra), progress))
-    return {key: [next(summaries) for _ in seeds] for key in rows}
+             seeds: list[int], extra: list[str], progress: Progress | None = None,
+             cores: int = 1) -> dict[str, list[dict]]:
+    """Train every row with every seed (finished runs reused, cut-off ones resumed; side by side
+    on `cores`, see `run_jobs`); their final validation summaries by row."""
+    jobs = ablation_jobs(data_dir, teacher_flags, root, rows, seeds, extra)
+    return by_row(run_jobs(launch, jobs, progress, cores), rows, seeds)
+
+
+def by_row(summaries: list[dict], rows: list, seeds: list[int]) -> dict:
+    """Summaries in the jobs' order (every seed of the first row, then the next row's) by row."""
+    it = iter(summaries)
+    return {key: [next(it) for _ in seeds] for key in rows}
 
 
 def demo_paths(root: Path) -> tuple[Path, tuple[str, Path, list[str]], list[str]]:
@@ -212,27 +305,37 @@ def demo_paths(root: Path) -> tuple[Path, tuple[str, Path, list[str]], list[str]
     return data, job, ["--teacher-ckpt", str(root / "teacher" / "final.pth")] + DEMO["teacher_arch"]
 
 
-def demo_teacher(root: Path, progress: Progress | None = None) -> tuple[Path, dict, list[str]]:
-    """The demo's synthetic dataset and teacher under `root` (made once, then reused): returns
-    (data dir, the teacher's final validation summary, the skd-train flags that distil from it)."""
-    data, (label, snapshot, flags), teacher_flags = demo_paths(root)
-    py = [sys.executable, "-m"]
+def demo_data(root: Path) -> Path:
+    """The demo's synthetic dataset under `root` (made once, then reused); its folder."""
+    data = root / "data"
     if not (data / "leftImg8bit").exists():
-        run(py + ["skd.data.synthetic", "--out", str(data), "--seed", "0"] + DEMO["synthetic"])
-    teacher = train(py + ["skd.train"], snapshot, flags, progress, label)
-    return data, teacher, teacher_flags
+        run([sys.executable, "-m", "skd.data.synthetic", "--out", str(data), "--seed", "0"] + DEMO["synthetic"])
+    return data
+
+
+def demo_runs(root: Path, jobs: list[tuple[str, Path, list[str]]], cores: int) -> tuple[dict, list[dict]]:
+    """The demo's data, then its teacher and `jobs` (which distil from it), side by side on
+    `cores` (see `run_jobs`): the teacher first, with its threads, then the students, one
+    thread each. Returns the teacher's final validation summary and the jobs'."""
+    demo_data(root)
+    _, teacher_job, _ = demo_paths(root)
+    # The dearest runs first (the adversarial ones, then the other students, then the baselines),
+    # so that the last cores are not left idle beside one long run at the end.
+    order = sorted(range(len(jobs)), key=lambda i: ("ho", "student", "no teacher").index(Progress.kind(jobs[i][2])))
+    every = [teacher_job] + [jobs[i] for i in order]
+    summaries = run_jobs([sys.executable, "-m", "skd.train"], every, Progress(every, cores), cores)
+    by_job = dict(zip(order, summaries[1:]))
+    return summaries[0], [by_job[i] for i in range(len(jobs))]
 
 
 def demo(args) -> None:
     start = time.time()
     root = args.snapshot_root or Path("demo")
-    data, teacher_job, teacher_flags = demo_paths(root)
+    data, _, teacher_flags = demo_paths(root)
     extra = DEMO["common"] + DEMO["student"] + args.train_flags
-    progress = Progress([teacher_job] + ablation_jobs(data, teacher_flags, root, args.rows, args.seeds, extra))
-    _, teacher, _ = demo_teacher(root, progress)
-    results = ablation([sys.executable, "-m", "skd.train"], data, teacher_flags, root, args.rows, args.seeds, extra,
-                       progress)
-    report(results, teacher, root / "ablation.md",
+    teacher, summaries = demo_runs(root, ablation_jobs(data, teacher_flags, root, args.rows, args.seeds, extra),
+                                   args.cores)
+    report(by_row(summaries, args.rows, args.seeds), teacher, root / "ablation.md",
            f"Synthetic demo (teacher PSPNet-R18 x0.5, student PSPNet-R18 x0.25), {time.time() - start:.0f} s")
 
 
@@ -280,7 +383,17 @@ def runner_parser(doc: str, table_name: str) -> argparse.ArgumentParser:
                    help="training command, e.g. 'torchrun --nproc_per_node=4 -m skd.train'")
     p.add_argument("--out", type=Path, default=None,
                    help=f"markdown table (default: <snapshot-root>/{table_name})")
+    p.add_argument("--cores", type=int, default=None,
+                   help="CPU cores the runs share: runs go side by side while their --threads fit (a run "
+                        "without --threads takes them all), e.g. `--cores 8 -- --threads 2` trains four at "
+                        "a time, each run's output then in <its folder>/runner.log. Default 1 (one run at a "
+                        "time); with --demo the usable cores, which its one-thread students share")
     return p
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def parse_runner_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -290,6 +403,10 @@ def parse_runner_args(p: argparse.ArgumentParser, argv: list[str] | None) -> arg
     argv, train_flags = split_argv(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     args.train_flags = train_flags
+    if args.cores is None:
+        args.cores = usable_cores() if args.demo else 1
+    elif args.cores < 1:
+        p.error(f"--cores {args.cores}: must be 1 or more")
     if not args.demo:
         if args.data_dir is None or args.teacher_ckpt is None:
             p.error("--data-dir and --teacher-ckpt are required (or --demo)")
@@ -308,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     root = args.snapshot_root or Path("runs/ablation")
     results = ablation(shlex.split(args.launch), args.data_dir, args.teacher_flags, root, args.rows, args.seeds,
-                       args.train_flags)
+                       args.train_flags, cores=args.cores)
     report(results, None, args.out or root / "ablation.md", f"Ablation on {args.data_dir}")
 
 

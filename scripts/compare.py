@@ -146,14 +146,13 @@ def weight_of(row: Row, overrides: list[str] = ()) -> str:
 
 def compare(launch: list[str], data_dir: Path, teacher_flags: list[str], root: Path, rows: list[Row],
             seeds: list[int], schedule: list[str], overrides: list[str],
-            progress: ablation.Progress | None = None) -> dict[Row, list[dict]]:
-    """Train every row with every seed (finished runs reused, cut-off runs resumed) and return
-    their final validation summaries by row. Each run's flags: --data-dir, `schedule`, the row's
-    method flags, the teacher (not for the baseline), `overrides`, --seed; its folder
-    root/compare/<method>-<map>/seed<N>."""
+            progress: ablation.Progress | None = None, cores: int = 1) -> dict[Row, list[dict]]:
+    """Train every row with every seed (finished runs reused, cut-off runs resumed; side by side
+    on `cores`, see ablation.run_jobs) and return their final validation summaries by row. Each run's flags: --data-dir,
+    `schedule`, the row's method flags, the teacher (not for the baseline), `overrides`, --seed;
+    its folder root/compare/<method>-<map>/seed<N>."""
     jobs = compare_jobs(data_dir, teacher_flags, root, rows, seeds, schedule, overrides)
-    summaries = iter(ablation.run_jobs(launch, jobs, progress))
-    return {row: [next(summaries) for _ in seeds] for row in rows}
+    return ablation.by_row(ablation.run_jobs(launch, jobs, progress, cores), rows, seeds)
 
 
 def compare_jobs(data_dir: Path, teacher_flags: list[str], root: Path, rows: list[Row], seeds: list[int],
@@ -214,14 +213,12 @@ def report(results: dict[Row, list[dict]], teacher: dict | None, schedule: list[
 def demo(args) -> None:
     start = time.time()
     root = args.snapshot_root or Path("demo")
-    data, teacher_job, teacher_flags = ablation.demo_paths(root)
+    data, _, teacher_flags = ablation.demo_paths(root)
     overrides = DEMO["student"] + args.train_flags
-    progress = ablation.Progress([teacher_job] + compare_jobs(data, teacher_flags, root, args.rows, args.seeds,
-                                                              DEMO["common"], overrides))
-    _, teacher, _ = ablation.demo_teacher(root, progress)
-    results = compare([sys.executable, "-m", "skd.train"], data, teacher_flags, root, args.rows, args.seeds,
-                      DEMO["common"], overrides, progress)
-    report(results, teacher, DEMO["common"], overrides, args.out or root / "compare.md",
+    jobs = compare_jobs(data, teacher_flags, root, args.rows, args.seeds, DEMO["common"], overrides)
+    teacher, summaries = ablation.demo_runs(root, jobs, args.cores)
+    report(ablation.by_row(summaries, args.rows, args.seeds), teacher, DEMO["common"], overrides,
+           args.out or root / "compare.md",
            f"Synthetic comparison (teacher PSPNet-R18 x0.5, student PSPNet-R18 x0.25), {time.time() - start:.0f} s")
 
 
@@ -238,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     root = args.snapshot_root or Path("runs")
     results = compare(shlex.split(args.launch), args.data_dir, args.teacher_flags, root, args.rows, args.seeds,
-                      SCHEDULE, args.train_flags)
+                      SCHEDULE, args.train_flags, cores=args.cores)
     report(results, None, SCHEDULE, args.train_flags, args.out or root / "compare.md", f"Comparison on {args.data_dir}")
 
 

@@ -122,3 +122,100 @@ def test_a_table_that_cannot_be_written_is_one_line_and_exit_2(ablation, tmp_pat
     # the old table, and no temporary file left beside it
     assert table.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake_train.py", "runs", "table.md"]
+
+
+# A stand-in for skd.train that takes time: records when it started and ended in times.jsonl,
+# refuses (status 3) a --teacher-ckpt that does not exist yet, writes final.pth and val_final.json.
+SLOW_TRAIN = """
+import json, sys, time
+from pathlib import Path
+args = sys.argv[1:]
+snap = Path(args[args.index("--snapshot-dir") + 1])
+t0 = time.time()
+if "--teacher-ckpt" in args and not Path(args[args.index("--teacher-ckpt") + 1]).exists():
+    print("no teacher yet")
+    sys.exit(3)
+if "--fail" in args:
+    print("the last words of a failing run")
+    sys.exit(4)
+time.sleep(float(args[args.index("--sleep") + 1]))
+(snap / "final.pth").write_text("weights")
+(snap / "val_final.json").write_text(json.dumps({"mIoU": 0.25, "per_class": {}}))
+print("trained", snap.name)
+with open(snap.parent / "times.jsonl", "a") as f:
+    f.write(json.dumps({"name": snap.name, "start": t0, "end": time.time()}) + "\\n")
+"""
+
+
+def _times(folder: Path) -> dict[str, dict]:
+    return {r["name"]: r for r in map(json.loads, (folder / "times.jsonl").read_text().splitlines())}
+
+
+def test_side_by_side_runs_wait_for_the_checkpoint_they_read(ablation, tmp_path, capsys):
+    """--cores 2, one-thread runs: the teacher and the run without a teacher go together; the
+    runs that read the teacher's final.pth start only once the teacher has finished; each run's
+    output goes to its runner.log, and the summaries come back in the jobs' order."""
+    fake = tmp_path / "slow_train.py"
+    fake.write_text(SLOW_TRAIN)
+    one = ["--threads", "1", "--num-steps", "10"]
+    teacher = ["--teacher-ckpt", str(tmp_path / "teacher" / "final.pth")]
+    jobs = [("teacher", tmp_path / "teacher", ["--sleep", "1.5"] + one),
+            ("pi", tmp_path / "pi", ["--sleep", "0.2"] + one + teacher),
+            ("baseline", tmp_path / "baseline", ["--sleep", "0.5"] + one),
+            ("pa", tmp_path / "pa", ["--sleep", "0.2"] + one + teacher)]
+    summaries = ablation.run_jobs([sys.executable, str(fake)], jobs, cores=2)
+    assert summaries == [{"mIoU": 0.25, "per_class": {}}] * 4
+    times = _times(tmp_path)
+    assert set(times) == {"teacher", "pi", "baseline", "pa"}
+    assert times["baseline"]["start"] < times["teacher"]["end"]  # beside the teacher
+    assert min(times["pi"]["start"], times["pa"]["start"]) >= times["teacher"]["end"]
+    assert times["pa"]["start"] < times["pi"]["end"]  # the two students together
+    assert (tmp_path / "pi" / "runner.log").read_text().strip() == "trained pi"
+    out = capsys.readouterr().out
+    assert "[1/4] teacher: 10 steps" in out and "[2/4] baseline: 10 steps" in out  # pi waits, baseline goes
+    assert "teacher: done in 2s, mIoU 25.00" in out
+    # All done: a second call reuses every run and starts nothing.
+    assert ablation.run_jobs([sys.executable, str(fake)], jobs, cores=2) == summaries
+    assert len((tmp_path / "times.jsonl").read_text().splitlines()) == 4
+
+
+def test_runs_take_their_threads_of_the_cores(ablation, tmp_path):
+    """A run without --threads (torch's choice) takes every core and goes alone; two-thread runs
+    on 4 cores go two at a time."""
+    fake = tmp_path / "slow_train.py"
+    fake.write_text(SLOW_TRAIN)
+    jobs = [("all", tmp_path / "all", ["--sleep", "0.5"]),
+            ("two_a", tmp_path / "two_a", ["--sleep", "0.5", "--threads", "2"]),
+            ("two_b", tmp_path / "two_b", ["--sleep", "0.5", "--threads", "2"]),
+            ("two_c", tmp_path / "two_c", ["--sleep", "0.5", "--threads", "2"])]
+    ablation.run_jobs([sys.executable, str(fake)], jobs, cores=4)
+    t = _times(tmp_path)
+    assert t["two_a"]["start"] >= t["all"]["end"] and t["two_b"]["start"] >= t["all"]["end"]
+    assert t["two_b"]["start"] < t["two_a"]["end"]           # a and b together
+    assert t["two_c"]["start"] >= min(t["two_a"]["end"], t["two_b"]["end"])  # c when one of them is done
+    assert [ablation.cores_of(f, 4) for _, _, f in jobs] == [4, 2, 2, 2]
+    assert ablation.cores_of(["--threads", "8"], 4) == 4
+
+
+def test_a_failed_side_by_side_run_stops_the_runner_after_the_running_ones(ablation, tmp_path, capsys):
+    fake = tmp_path / "slow_train.py"
+    fake.write_text(SLOW_TRAIN)
+    one = ["--threads", "1"]
+    jobs = [("slow", tmp_path / "slow", ["--sleep", "1.0"] + one), ("bad", tmp_path / "bad", ["--sleep", "0", "--fail"] + one),
+            ("later", tmp_path / "later", ["--sleep", "0"] + one)]
+    with pytest.raises(SystemExit, match=r"a run failed with status 4: .*its log: .*bad/runner.log"):
+        ablation.run_jobs([sys.executable, str(fake)], jobs, cores=2)
+    assert (tmp_path / "slow" / "val_final.json").exists()  # the running one finished
+    assert not (tmp_path / "later").exists()                 # no new run started after the failure
+    out = capsys.readouterr().out
+    assert "failed: bad (status 4)" in out and "  | the last words of a failing run" in out
+
+
+def test_cores_default_to_the_usable_ones_for_the_demo_only(ablation, monkeypatch):
+    monkeypatch.setattr(ablation, "usable_cores", lambda: 3)
+    p = ablation.runner_parser("doc", "t.md")
+    assert ablation.parse_runner_args(p, ["--demo"]).cores == 3
+    assert ablation.parse_runner_args(p, ["--data-dir", "d", "--teacher-ckpt", "t"]).cores == 1
+    assert ablation.parse_runner_args(p, ["--demo", "--cores", "1"]).cores == 1
+    with pytest.raises(SystemExit):
+        ablation.parse_runner_args(p, ["--demo", "--cores", "0"])
