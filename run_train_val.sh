@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train and validate a PSPNet student, in the spirit of the original SKD run_train_val.sh.
 #
-#   bash run_train_val.sh --demo                 # synthetic data, teacher + ablation table, CPU, about 5 min
+#   bash run_train_val.sh --demo                 # synthetic data, teacher + ablation table, CPU, about 3 min
 #   bash run_train_val.sh --ablation [flags]     # baseline / +pi / +pi+pa / +pi+pa+ho on DATA_DIR
 #   bash run_train_val.sh --compare [flags]      # the CWD paper's Table 2: every method, logits and features
 #   bash run_train_val.sh [skd-train flags]      # one distillation run (flags appended last win)

@@ -2,7 +2,7 @@
 
     python scripts/ablation.py --data-dir data/cityscapes --teacher-ckpt T.pth \
         --snapshot-root runs/ablation --seeds 0 1 2 -- --restore-from resnet18-imagenet.pth
-    python scripts/ablation.py --demo          # synthetic data, CPU, about 5 minutes on 2 cores
+    python scripts/ablation.py --demo          # synthetic data, CPU, about 3 minutes on 2 cores
 
 Every row is trained with the same schedule (flags after `--` go to every run), validated at
 the end (whole image, single scale, as the original), and the table (mIoU and per-class IoU,
@@ -35,25 +35,31 @@ ROWS = {
 }
 PAPER = {"baseline": 69.10, "pi": 70.51, "pi+pa": 71.78, "pi+pa+ho": 74.08}
 
-# The demo: a small teacher and a half-width student on tiny synthetic street scenes, sized to
-# finish on a 2-core CPU in about 5 minutes (README; 5m22s measured). Four choices differ from the original's
-# recipe, all forced by the short schedule or the CPU; the figures are 3-seed means measured with
-# the original's SGD critic (docs/benchmarks.md, "demo-cpu"):
-# - the teacher trains 450 steps, long enough to beat the 200-step student clearly (29.6 against
-#   23.0 mIoU); a teacher no better than the student has nothing to distil;
+# The demo: a small teacher and a quarter-width student on tiny synthetic street scenes, sized to
+# finish on a 2-core CPU in about 3 minutes (README; 3m03s measured on 2026-12-02, 5m22s with the
+# recipe before). Where it differs from the original's recipe, the short schedule or the CPU forced
+# it; the figures are 3-seed means (docs/benchmarks.md, "demo-cpu"):
+# - each run's thread count is fixed (--threads: 1 for the students, 2 for the teacher), so its
+#   figures do not depend on the machine's core count or on how many runs go side by side; two
+#   one-thread students on 2 cores train in less time together than one after the other on two
+#   threads each (small convolutions do not split well over threads);
+# - the teacher trains 450 steps at batch 4, long enough to beat the 150-step student clearly
+#   (28.5 against 20.4 mIoU), in about 70 s; at batch 8 it reached 29.6 in about 125 s, the
+#   largest part of the old 5m22s. A teacher no better than the student has nothing to distil;
+# - the students train 150 steps (200 before: baseline 23.0, + pi 25.7, + pi + pa 27.1,
+#   + pi + pa + ho 27.2; now 20.4, 24.7, 24.2, 24.8);
 # - --lambda-pi 1 instead of 10. The original's pixel-wise term is summed over the batch
 #   (docs/reproduction.md), so at batch 8 lambda 10 weighs it 80x the task loss; from scratch in
-#   200 steps at lr 0.02 that drowns the labels: + pi reaches 18.6 against the baseline's 23.9
-#   (seed 0), while 1 (8x) lifts it to 26.5 (25.7 +- 1.0 over 3 seeds). Pass `-- --lambda-pi 10`
+#   150 steps at lr 0.02 that drowns the labels: + pi reaches 14.9 against the baseline's 21.4
+#   (seed 0), while 1 (8x) lifts it to 26.4 (24.7 +- 2.7 over 3 seeds). Pass `-- --lambda-pi 10`
 #   to see the paper's weight;
 # - --lambda-d 0.01 instead of 0.1: with the critic and the student both starting from scratch,
-#   0.1 costs the + pi + pa + ho row 1.4 mIoU against + pi + pa (25.7 +- 1.0 against 27.1 +- 0.3),
-#   while at 0.01 it is level with it (27.2 +- 0.4). The holistic term needs the long schedule of
-#   the paper to pay;
+#   0.1 costs the + pi + pa + ho row 0.8 mIoU (24.0 +- 0.8 against 24.8 +- 0.5). The holistic term
+#   needs the long schedule of the paper to pay;
 # - --adv-conv-dim 16 instead of the original's 64 (SKD utils/train_options.py line 54): at 64
 #   the critic's four convolutions, run four times a step with the gradient penalty's double
-#   backward, more than double the + ho row's step at this size (0.45 s against 0.21 at 16),
-#   and its mIoU is the same within noise (26.9 +- 0.5 at 64, 27.2 +- 0.4 at 16).
+#   backward, double the + ho run at this size (2m10s against 1m07s), for no better mIoU
+#   (24.0 +- 0.4 at 64, 24.8 +- 0.5 at 16).
 DEMO = {
     "synthetic": ["--num-train", "48", "--num-val", "12", "--num-test", "4", "--height", "96", "--width", "192"],
     "common": ["--input-size", "96,96", "--batch-size", "8", "--num-workers", "0", "--device", "cpu",
@@ -137,18 +143,24 @@ def _clock(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def _prepare(snapshot: Path, flags: list[str]) -> bool:
-    """Whether the run in `snapshot` must be trained (False: finished with these flags). A
-    finished or interrupted run there is reused or resumed only when it was started with the same
-    flags (kept in ablation_flags.json); otherwise this stops rather than mix runs."""
+def _check_record(snapshot: Path, flags: list[str]) -> None:
+    """Stop unless the run in `snapshot`, if any, was started with `flags` (kept in
+    ablation_flags.json): a finished or interrupted run is reused or resumed only then, rather
+    than mix runs."""
     record = snapshot / "ablation_flags.json"
     if record.exists() and json.loads(record.read_text()) != flags:
         raise SystemExit(f"ablation: {snapshot} holds a run with other flags; remove it or pass another "
                          "--snapshot-root")
+
+
+def _prepare(snapshot: Path, flags: list[str]) -> bool:
+    """Whether the run in `snapshot` must be trained (False: finished with these flags); see
+    `_check_record`. Records the flags of a run about to be trained."""
+    _check_record(snapshot, flags)
     if (snapshot / "val_final.json").exists():
         return False
     snapshot.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(record, json.dumps(flags))
+    write_text_atomic(snapshot / "ablation_flags.json", json.dumps(flags))
     return True
 
 
@@ -190,6 +202,8 @@ def run_jobs(launch: list[str], jobs: list[tuple[str, Path, list[str]]],
     cut-off one resumes later from its checkpoints), the end of the failed run's log is printed
     and the runner stops. A run's figures depend on its --threads, never on `cores`.
     """
+    for _, snapshot, flags in jobs:  # before anything is trained
+        _check_record(snapshot, flags)
     progress = progress or Progress(jobs, cores)
     if cores <= 1:
         return [train(launch, snapshot, flags, progress, label) for label, snapshot, flags in jobs]

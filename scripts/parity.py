@@ -5,7 +5,7 @@ script shows that they do not make the student worse. It trains a teacher once (
 the student with --pi --pa --ho under each setting and seed, through skd-train itself, on the
 synthetic Cityscapes-format dataset, and compares the final validation mIoU:
 
-    python scripts/parity.py --device cpu --seeds 0 1 2      # the demo's sizes, about 15 min here
+    python scripts/parity.py --device cpu --seeds 0 1 2      # the demo's sizes, about 10 min on 2 cores
     python scripts/parity.py --device cuda --seeds 0 1 2     # larger images and models
 
 Settings are scripts/benchmark.py's: "plain" is true float32 (--tf32 False, TF32 off on GPUs
@@ -51,7 +51,8 @@ SETTING_FLAGS = {
 DISTIL = ["--pi", "True", "--pa", "True", "--ho", "True"]
 
 # Per device: the synthetic dataset, the flags of every run, the teacher's and the student's.
-# CPU: the ablation demo's (a 96x96 crop, teacher R18 x0.5 450 steps, student R18 x0.25 200 steps).
+# CPU: the ablation demo's (a 96x96 crop, teacher R18 x0.5 450 steps at batch 4, student R18 x0.25 150 steps,
+# one thread each: the plain runs are the demo's + pi + pa + ho row again).
 # CUDA: larger images and full-width ResNet-18s; the teacher is still short-trained, since only
 # the difference between the two settings matters here.
 CONFIGS = {

@@ -219,3 +219,16 @@ def test_cores_default_to_the_usable_ones_for_the_demo_only(ablation, monkeypatc
     assert ablation.parse_runner_args(p, ["--demo", "--cores", "1"]).cores == 1
     with pytest.raises(SystemExit):
         ablation.parse_runner_args(p, ["--demo", "--cores", "0"])
+
+
+def test_a_run_with_other_flags_later_in_the_list_stops_the_runner_before_any_training(ablation, tmp_path):
+    fake = tmp_path / "slow_train.py"
+    fake.write_text(SLOW_TRAIN)
+    (tmp_path / "second").mkdir()
+    (tmp_path / "second" / "ablation_flags.json").write_text(json.dumps(["--sleep", "9"]))
+    jobs = [("first", tmp_path / "first", ["--sleep", "0", "--threads", "1"]),
+            ("second", tmp_path / "second", ["--sleep", "0", "--threads", "1"])]
+    for cores in (1, 2):
+        with pytest.raises(SystemExit, match="second holds a run with other flags"):
+            ablation.run_jobs([sys.executable, str(fake)], jobs, cores=cores)
+        assert not (tmp_path / "first").exists()
