@@ -17,8 +17,7 @@ from skd.data.registry import build_dataset
 from skd.engine.build import CheckedDataset, network_from_args
 from skd.engine.distributed import cleanup, init_distributed, main_decides
 from skd.engine.evaluate import Inference, evaluate, predict
-from skd.engine.runtime import (RecoveringCompile, autocast_factory, configure_numerics, configure_threads,
-                                setup_logging)
+from skd.engine.runtime import RecoveringCompile, autocast_factory, configure_runtime, setup_logging
 from skd.errors import SkdError, cli
 from skd.io import write_text_atomic
 from skd.metrics import format_table
@@ -87,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     info, device = init_distributed(args.device)
     try:
         setup_logging(info.is_main)
-        configure_numerics(args.tf32)
-        configure_threads(args.threads)
+        configure_runtime(args)
         resolve_dataset(args, split="val")
         out = args.out or args.ckpt.with_name(args.ckpt.stem + f"_{args.split}_miou.json")
         check_output_file(out, "--out" if args.out else "--out (default: next to --ckpt)")

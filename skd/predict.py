@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from skd.engine.distributed import barrier, cleanup, init_distributed
 from skd.engine.evaluate import predict
-from skd.engine.runtime import configure_numerics, configure_threads, setup_logging
+from skd.engine.runtime import configure_runtime, setup_logging
 from skd.errors import cli
 from skd.evaluate import build_model, inference_of, inference_set, panel_writer
 from skd.options import check_writable_dir, resolve_dataset, test_parser
@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     info, device = init_distributed(args.device)
     try:
         setup_logging(info.is_main)
-        configure_numerics(args.tf32)
-        configure_threads(args.threads)
+        configure_runtime(args)
         check_writable_dir(args.out, "--out")
         resolve_dataset(args, split="test")
         dataset = inference_set(args, args.split, has_labels=False)

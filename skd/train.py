@@ -26,8 +26,8 @@ from skd.engine.build import (CheckedDataset, build_train_loader, build_train_se
 from skd.engine.distributed import (DistInfo, agree_max, all_reduce_mean, cleanup, gather_to_main,
                                     init_distributed, main_decides)
 from skd.engine.evaluate import Inference, evaluate
-from skd.engine.runtime import (StopSignals, autocast_factory, configure_numerics, configure_threads, seed_everything,
-                                setup_logging, signal_name, stop_signals_blocked)
+from skd.engine.runtime import (StopSignals, autocast_factory, configure_runtime, seed_everything, setup_logging,
+                                signal_name, stop_signals_blocked)
 from skd.engine.steps import NonFiniteLoss, StepConfig, StepResult, Training, train_step
 from skd.errors import SkdError, cli
 from skd.integrity import fingerprint
@@ -131,8 +131,7 @@ def _run(args, info: DistInfo, device: torch.device, stop: StopSignals, parser: 
     # One run per snapshot dir, for its whole life (rank 0 holds the lock for all ranks).
     main_decides(lambda: rundir.acquire(args.snapshot_dir))
     seed_everything(args.seed + info.rank, args.deterministic)
-    configure_numerics(args.tf32)
-    configure_threads(args.threads)
+    configure_runtime(args)
     autocast = autocast_factory(args.amp, device)
     cfg = StepConfig.from_args(args, info.world_size)
 

@@ -61,6 +61,13 @@ def configure_threads(threads: int) -> None:
                                           "" if threads else " (torch's choice; --threads sets it)")
 
 
+def configure_runtime(args) -> None:
+    """The process-wide runtime flags of skd.options.add_runtime_args: --tf32 and --threads
+    (skd-train, skd-eval and skd-test call this once, after logging is set up)."""
+    configure_numerics(args.tf32)
+    configure_threads(args.threads)
+
+
 def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A zero-argument context-manager factory: torch.amp.autocast for --amp bf16/fp16, else a no-op."""
     if amp == "off":
