@@ -210,13 +210,13 @@ def run_jobs(launch: list[str], jobs: list[tuple[str, Path, list[str]]],
     writes = {str(snapshot / "final.pth"): i for i, (_, snapshot, _) in enumerate(jobs)}
     needs = [{writes[v] for f, v in zip(flags, flags[1:]) if f == "--teacher-ckpt" and v in writes}
              for _, _, flags in jobs]
-    waiting, running, done = list(range(len(jobs))), {}, set()
+    waiting, running, done = list(range(len(jobs))), {}, {}  # done: job -> its final validation summary
     failed: tuple[int, int] | None = None
     try:
         while waiting or running:
             while failed is None:
                 free = cores - sum(cores_of(jobs[i][2], cores) for i in running)
-                ready = next((i for i in waiting if needs[i] <= done), None)
+                ready = next((i for i in waiting if needs[i] <= done.keys()), None)
                 if ready is None or (running and cores_of(jobs[ready][2], cores) > free):
                     break
                 waiting.remove(ready)
@@ -224,7 +224,7 @@ def run_jobs(launch: list[str], jobs: list[tuple[str, Path, list[str]]],
                 todo = _prepare(snapshot, flags)
                 progress.begin(label, snapshot, flags)
                 if not todo:
-                    done.add(ready)
+                    done[ready] = json.loads((snapshot / "val_final.json").read_text())
                     continue
                 with open(snapshot / LOG_NAME, "ab") as log:
                     proc = subprocess.Popen(_command(launch, snapshot, flags), stdout=log, stderr=subprocess.STDOUT)
@@ -242,9 +242,9 @@ def run_jobs(launch: list[str], jobs: list[tuple[str, Path, list[str]]],
                     print(f"failed: {label} (status {proc.returncode}); log: {snapshot / LOG_NAME}", flush=True)
                     continue
                 progress.trained(flags, time.time() - t0)
-                done.add(i)
-                miou = json.loads((snapshot / "val_final.json").read_text())["mIoU"]
-                print(f"      {label}: done in {_clock(time.time() - t0)}, mIoU {100 * miou:.2f}", flush=True)
+                done[i] = json.loads((snapshot / "val_final.json").read_text())
+                print(f"      {label}: done in {_clock(time.time() - t0)}, mIoU {100 * done[i]['mIoU']:.2f}",
+                      flush=True)
     except KeyboardInterrupt:  # the runs got the same signal: let them save their checkpoints
         for proc, _ in running.values():
             proc.wait()
@@ -256,7 +256,7 @@ def run_jobs(launch: list[str], jobs: list[tuple[str, Path, list[str]]],
         print("\n".join(f"  | {line}" for line in tail), flush=True)
         raise SystemExit(f"ablation: a run failed with status {status}: {' '.join(_command(launch, *jobs[i][1:])[:4])} "
                          f"...; its log: {log}")
-    return [json.loads((snapshot / "val_final.json").read_text()) for _, snapshot, _ in jobs]
+    return [done[i] for i in range(len(jobs))]
 
 
 def cell(values: list[float]) -> str:
